@@ -1,0 +1,17 @@
+"""Attacks (triggers) and poisoning: badnets, blended, sig, wanet, lc, ssba (imported)."""
+
+from . import lc, ssba, triggers, wanet  # noqa: F401  (registration)
+from .base import (
+    ATTACKS,
+    PoisonedSet,
+    Trigger,
+    TriggerParams,
+    build_trigger,
+    poison_training_set,
+    quantize,
+    triggered_test,
+    triggered_true_labels,
+)
+
+__all__ = ["ATTACKS", "PoisonedSet", "Trigger", "TriggerParams", "build_trigger",
+           "poison_training_set", "quantize", "triggered_test", "triggered_true_labels"]

@@ -1,0 +1,122 @@
+"""Trigger base class, the attack registry, and poisoning of training and test sets.
+
+A trigger maps float images in [0, 1] (B x C x H x W, on any device) to triggered images;
+results are stored as uint8, as BackdoorBench stores its poisoned images. Dirty-label
+attacks relabel poisoned images to the target; clean-label ones (SIG, LC) poison
+target-class images and keep their labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from ..data import ImageSet, to_float
+from ..registry import Registry
+
+
+class TriggerParams(BaseModel):
+    """Parameters every attack shares."""
+
+    model_config = {"extra": "forbid"}
+    target: int = Field(0, ge=0, description="target class (all-to-one)")
+
+
+class Trigger:
+    """A registered attack: how to trigger images and how to poison a training set."""
+
+    clean_label = False
+    Params: type[TriggerParams] = TriggerParams
+
+    def __init__(self, params: TriggerParams) -> None:
+        self.params = params
+        self.target = params.target
+
+    def apply(self, x: torch.Tensor, index: torch.Tensor | None = None,
+              split: str = "test") -> torch.Tensor:
+        """Triggered copy of float images `x` in [0, 1]."""
+        raise NotImplementedError
+
+    def apply_set(self, ds: ImageSet, batch_size: int = 1024) -> torch.Tensor:
+        """Triggered uint8 images of a whole set (labels untouched)."""
+        out = []
+        for start in range(0, len(ds), batch_size):
+            sl = slice(start, start + batch_size)
+            x = self.apply(to_float(ds.x[sl]), ds.index[sl], ds.split)
+            out.append(quantize(x))
+        return torch.cat(out) if out else ds.x[:0]
+
+    def poison_images(self, ds: ImageSet, surrogate: nn.Module | None = None) -> torch.Tensor:
+        """uint8 poisoned versions of `ds`'s images for the training set (LC adds PGD)."""
+        return self.apply_set(ds)
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] images to uint8, rounding."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+ATTACKS: Registry[type[Trigger]] = Registry("attack")
+
+
+def build_trigger(name: str, params: dict | None = None) -> Trigger:
+    """Instantiate attack `name` with validated `params`."""
+    entry = ATTACKS.get(name)
+    return entry.obj(entry.parse(params))
+
+
+@dataclass
+class PoisonedSet:
+    """A poisoned training set and which of its samples carry the trigger."""
+
+    data: ImageSet
+    poisoned: torch.Tensor  # bool mask of triggered samples
+    relabelled: torch.Tensor  # bool mask of samples whose label was changed
+
+
+def poison_indices(ds: ImageSet, trigger: Trigger, rate: float, seed: int) -> torch.Tensor:
+    """Positions to poison: any sample (dirty-label) or target-class ones (clean-label)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(round(rate * len(ds)))
+    pool = (torch.nonzero(ds.y.cpu() == trigger.target).flatten() if trigger.clean_label
+            else torch.arange(len(ds)))
+    return pool[torch.randperm(len(pool), generator=g)[:min(n, len(pool))]]
+
+
+def poison_training_set(ds: ImageSet, trigger: Trigger, rate: float, seed: int = 0,
+                        surrogate: nn.Module | None = None) -> PoisonedSet:
+    """Poison `rate` of `ds` (BackdoorBench's convention: rate of the whole set)."""
+    idx = poison_indices(ds, trigger, rate, seed)
+    x, y = ds.x.clone(), ds.y.clone()
+    poisoned = torch.zeros(len(ds), dtype=torch.bool)
+    relabelled = torch.zeros(len(ds), dtype=torch.bool)
+    if len(idx):
+        x[idx] = trigger.poison_images(ds.subset(idx), surrogate).to(x.device)
+        poisoned[idx] = True
+        if not trigger.clean_label:
+            relabelled[idx] = ds.y[idx].cpu() != trigger.target
+            y[idx] = trigger.target
+    extra = trigger.extra_training_samples(ds, idx, rate, seed) if hasattr(
+        trigger, "extra_training_samples") else None
+    if extra is not None:
+        cross_idx, cross_x = extra
+        x[cross_idx] = cross_x.to(x.device)
+    return PoisonedSet(ds.with_images(x, y), poisoned, relabelled)
+
+
+def triggered_test(test: ImageSet, trigger: Trigger) -> ImageSet:
+    """Non-target test images with the trigger, keeping their true labels.
+
+    ASR is the share of these predicted as the target; target-class images are excluded.
+    """
+    keep = torch.nonzero(test.y.cpu() != trigger.target).flatten()
+    sub = test.subset(keep)
+    return sub.with_images(trigger.apply_set(sub))
+
+
+def triggered_true_labels(ds: ImageSet, trigger: Trigger) -> ImageSet:
+    """Every image of `ds` with the trigger and its true label (EP's unlearning data)."""
+    return ds.with_images(trigger.apply_set(ds))

@@ -1,0 +1,352 @@
+"""The audit: spec -> stages -> report, with progress events.
+
+Stages: load the checkpoint and data; evaluate the submitted model; purify with each
+method (O-C-Acc, O-ASR, DER); build the RA baseline (the caller's clean reference, else the
+EP model); then for each method and trigger: RA (P-ASR, and the sweep), QRA (and its
+transfer to the other methods), LMC. A stage that fails is recorded with its reason and
+the audit goes on; only a bad checkpoint or bad data stops it (there is nothing to audit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__, data, models
+from .attacks import Trigger, triggered_test
+from .checkpoint import load_model, sha256_file
+from .data import ImageSet
+from .defenses import DefenseContext, purify
+from .errors import Cancelled, SpecError
+from .gate import check_subjects, evaluate
+from .metrics import attack_success_rate, clean_accuracy, der
+from .ppr.lmc import lambda50, trace_path
+from .ppr.qra import PerturbationGenerator, evaluate_qra, run_qra
+from .ppr.retune import build_retune_set, retune
+from .report import (
+    AuditReport,
+    BaselineInfo,
+    LMCCurve,
+    MethodResult,
+    ModelResult,
+    Provenance,
+    QRAResult,
+    StageStatus,
+    SweepPoint,
+    TriggerResult,
+)
+from .spec import AuditSpec, MethodSpec
+from .train import pick_device
+
+# (stage, overall fraction in [0, 1], message); it may raise Cancelled to stop the audit.
+ProgressSink = Callable[[str, float, str], None]
+
+
+def _quiet(stage: str, fraction: float, message: str) -> None:
+    """The sink that reports nothing."""
+
+
+@dataclass
+class AuditOutcome:
+    """The report and the purified models (by method key), for callers that keep them."""
+
+    report: AuditReport
+    models: dict[str, nn.Module] = field(default_factory=dict)
+
+
+class Tracker:
+    """Maps each stage's own fraction onto the audit's overall fraction."""
+
+    def __init__(self, sink: ProgressSink, units: int) -> None:
+        self.sink, self.units, self.done = sink, max(1, units), 0
+
+    def sub(self, stage: str) -> Callable[[str, float], None]:
+        """A (message, fraction) callback for one unit of work named `stage`."""
+        base = self.done
+
+        def cb(message: str, fraction: float) -> None:
+            frac = (base + max(0.0, min(1.0, fraction))) / self.units
+            self.sink(stage, frac, message)
+
+        return cb
+
+    def finish(self, stage: str) -> None:
+        """Mark one unit done."""
+        self.done += 1
+        self.sink(stage, self.done / self.units, f"{stage}: done")
+
+
+@dataclass
+class _Data:
+    clean: ImageSet
+    clean_train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    pool: ImageSet
+    triggers: list[Trigger]
+    labels: list[str]
+    triggered: list[ImageSet]
+
+
+def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, dict]:
+    arch = models.architecture(spec.model.arch)
+    kw = {"resolve_dataset": resolve_dataset, "roots": roots, "size": arch.input_size}
+    clean = data.load(spec.data.clean, **kw)
+    test = data.load(spec.data.test, **kw)
+    for name, ds in (("clean", clean), ("test", test)):
+        if ds.x.shape[-1] != arch.input_size or ds.x.shape[-2] != arch.input_size:
+            raise SpecError(f"data.{name}: images are {tuple(ds.x.shape[-2:])}, but "
+                            f"{spec.model.arch} takes {arch.input_size}x{arch.input_size}; "
+                            f"add ?size={arch.input_size} to the reference")
+        if int(ds.y.max()) >= spec.model.num_classes:
+            raise SpecError(f"data.{name} has label {int(ds.y.max())}, but the model has "
+                            f"{spec.model.num_classes} classes")
+    pool = data.load(spec.data.attacker, **kw) if spec.data.attacker else clean
+    clean_train, val = data.train_val(clean, spec.data.val_fraction, spec.seed)
+    triggers = [t.build() for t in spec.triggers]
+    for t in triggers:
+        if t.target >= spec.model.num_classes:
+            raise SpecError(f"trigger target {t.target} is not a class of a "
+                            f"{spec.model.num_classes}-class model")
+    triggered = [triggered_test(test, t) for t in triggers]
+    d = _Data(clean.to(device), clean_train.to(device), val.to(device), test.to(device),
+              pool.to(device), triggers, [t.label for t in spec.triggers],
+              [tt.to(device) for tt in triggered])
+    prov = {
+        "clean": {"ref": spec.data.clean, "n": len(clean), "sha256": clean.content_hash(),
+                  "train": len(clean_train), "val": len(val)},
+        "test": {"ref": spec.data.test, "n": len(test), "sha256": test.content_hash()},
+    }
+    if spec.data.attacker:
+        prov["attacker"] = {"ref": spec.data.attacker, "n": len(pool),
+                            "sha256": pool.content_hash()}
+    return d, prov
+
+
+@contextlib.contextmanager
+def _stage(stages: list[StageStatus], name: str) -> Iterator[StageStatus]:
+    status = StageStatus(name=name)
+    start = time.perf_counter()
+    try:
+        yield status
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the audit goes on
+        status.status = "failed"
+        status.error = f"{type(exc).__name__}: {exc}".strip()[:500]
+    finally:
+        status.seconds = round(time.perf_counter() - start, 3)
+        stages.append(status)
+
+
+def _verdict(m: MethodResult, spec: AuditSpec) -> str:
+    if m.o_asr is None:
+        return "unknown"
+    if m.o_asr > spec.plan.retune.removed_asr:
+        return "not_removed"
+    if m.gap is not None:
+        return "superficial" if m.gap > spec.plan.retune.superficial_gap else "robust"
+    if m.p_asr is not None:
+        return "superficial" if m.p_asr > spec.plan.retune.removed_asr else "robust"
+    return "unknown"
+
+
+def _worst(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
+        progress: ProgressSink = _quiet, resolve_dataset=None, roots: list[Path] | None = None,
+        max_checkpoint_bytes: int | None = None) -> AuditOutcome:
+    """Run the audit `spec` on the checkpoint at `checkpoint`; never modifies it."""
+    t0 = time.perf_counter()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    device = pick_device(spec.device)
+    torch.manual_seed(spec.seed)
+    keys = [m.key for m in spec.plan.methods]
+    check_subjects(spec.gate, keys or ["model"])
+    report = AuditReport(kind=kind)
+    checkpoint = Path(checkpoint)
+
+    progress("load", 0.0, "loading checkpoint and data")
+    load_kw = {"max_bytes": max_checkpoint_bytes} if max_checkpoint_bytes else {}
+    bd = load_model(checkpoint, spec.model.arch, spec.model.num_classes, **load_kw).to(device)
+    d, data_prov = _load_data(spec, resolve_dataset, roots, device)
+    report.provenance = Provenance(
+        checkpoint_sha256=sha256_file(checkpoint), checkpoint_name=checkpoint.name,
+        data=data_prov, spec=spec.model_dump(mode="json"), seed=spec.seed,
+        engine_version=__version__, torch_version=torch.__version__, device=str(device),
+        started_at=started)
+
+    plan = spec.plan
+    n_methods = max(1, len(plan.methods))
+    units = 1 + n_methods * (1 + plan.retune.enabled + plan.qra.enabled + plan.lmc.enabled) + 1
+    tracker = Tracker(progress, units)
+
+    with _stage(report.stages, "evaluate submitted model"):
+        report.model = ModelResult(c_acc=clean_accuracy(bd, d.test), asr={
+            lbl: attack_success_rate(bd, tt, t.target)
+            for lbl, tt, t in zip(d.labels, d.triggered, d.triggers, strict=True)})
+    tracker.finish("evaluate")
+
+    ctx = DefenseContext(d.clean_train, d.val, device, spec.seed, triggers=d.triggers)
+    purified: dict[str, nn.Module] = {}
+    results: dict[str, MethodResult] = {}
+    method_specs: list[MethodSpec] = plan.methods or []
+    for ms in method_specs:
+        res = MethodResult(key=ms.key, method=ms.name, params=ms.parsed().model_dump())
+        results[ms.key] = res
+        ctx.progress = tracker.sub(f"purify:{ms.key}")
+        with _stage(res.stages, "purify"):
+            out = purify(ms.name, bd, ctx, ms.parsed())
+            purified[ms.key] = out.model
+            res.record = {k: v for k, v in out.record.items() if k != "params"}
+            res.o_cacc = clean_accuracy(out.model, d.test)
+            for lbl, tt, t in zip(d.labels, d.triggered, d.triggers, strict=True):
+                o_asr = attack_success_rate(out.model, tt, t.target)
+                res.per_trigger.append(TriggerResult(trigger=lbl, o_asr=o_asr, der=der(
+                    report.model.asr[lbl], o_asr, report.model.c_acc, res.o_cacc)))
+        tracker.finish(f"purify:{ms.key}")
+    if not method_specs:  # audit the submitted model as it is
+        res = MethodResult(key="model", method="none", o_cacc=report.model.c_acc)
+        res.per_trigger = [TriggerResult(trigger=lbl, o_asr=report.model.asr.get(lbl))
+                           for lbl in d.labels]
+        results["model"], purified["model"] = res, bd
+        tracker.finish("model")
+
+    baseline, base_info = _baseline(spec, bd, purified, ctx, d, report, tracker)
+    report.baseline = base_info
+
+    qra_gens: dict[tuple[str, str], PerturbationGenerator] = {}
+    for key, model in purified.items():
+        res = results[key]
+        for i, (trig, lbl, tt) in enumerate(zip(d.triggers, d.labels, d.triggered,
+                                                strict=True)):
+            tr = res.per_trigger[i]
+            retuned = None
+            if plan.retune.enabled:
+                with _stage(res.stages, f"retune[{lbl}]"):
+                    rset = build_retune_set(d.pool, trig, plan.retune.poison_num,
+                                            plan.retune.clean_num, plan.retune.seed)
+                    retuned = retune(model, rset, plan.retune, device=device,
+                                     progress=tracker.sub(f"retune:{key}"))
+                    tr.p_cacc = clean_accuracy(retuned, d.test)
+                    tr.p_asr = attack_success_rate(retuned, tt, trig.target)
+                    tr.baseline_p_asr = base_info.p_asr.get(lbl)
+                    if tr.baseline_p_asr is not None:
+                        tr.gap = tr.p_asr - tr.baseline_p_asr
+                    tr.sweep = _sweep(model, baseline, d, trig, tt, spec, device)
+            if plan.qra.enabled:
+                with _stage(res.stages, f"qra[{lbl}]"):
+                    if baseline is None:
+                        raise SpecError("QRA needs a benign reference model: give `reference` "
+                                        "or a trigger so the EP model can be built")
+                    if retuned is None:
+                        raise SpecError("QRA needs the RA model; the retune stage did not run")
+                    q = run_qra(model, retuned, baseline, d.pool, d.test, tt, trig, plan.qra,
+                                device=device, seed=spec.seed + 7,
+                                progress=tracker.sub(f"qra:{key}"))
+                    qra_gens[(key, lbl)] = q.generator
+                    tr.qra = QRAResult(asr=q.asr, clean_to_target=q.clean_to_target,
+                                       ref_asr=q.ref_asr, ref_clean_to_target=q.ref_clean_to_target)
+            if plan.lmc.enabled and key != "model":
+                with _stage(res.stages, f"lmc[{lbl}]"):
+                    path = trace_path(model, bd, d.clean_train, d.test, tt, trig.target,
+                                      points=plan.lmc.points, bn=plan.lmc.bn, device=device,
+                                      progress=tracker.sub(f"lmc:{key}"))
+                    tr.lmc = LMCCurve(lambdas=[p.lam for p in path], c_acc=[p.c_acc for p in path],
+                                      asr=[p.asr for p in path],
+                                      backdoor_error=[p.backdoor_error for p in path],
+                                      lambda50=lambda50(path), bn=plan.lmc.bn)
+        for _ in range(plan.retune.enabled + plan.qra.enabled + plan.lmc.enabled):
+            tracker.finish(key)
+
+    if plan.qra.enabled and plan.qra.transfer and len(purified) > 1:
+        with _stage(report.stages, "qra transfer"):
+            for (src, lbl), gen in qra_gens.items():
+                i = d.labels.index(lbl)
+                tr = results[src].per_trigger[i]
+                for dst, model in purified.items():
+                    if dst != src and tr.qra is not None:
+                        tr.qra.transfer[dst] = evaluate_qra(gen, model, d.test, d.triggered[i],
+                                                            d.triggers[i].target, device)[0]
+
+    for res in results.values():
+        pt = res.per_trigger
+        res.o_asr = _worst([t.o_asr for t in pt])
+        res.der = min((t.der for t in pt if t.der is not None), default=None)
+        res.p_asr = _worst([t.p_asr for t in pt])
+        res.p_cacc = min((t.p_cacc for t in pt if t.p_cacc is not None), default=None)
+        res.baseline_p_asr = _worst([t.baseline_p_asr for t in pt])
+        res.gap = _worst([t.gap for t in pt])
+        res.qra_asr = _worst([t.qra.asr if t.qra else None for t in pt])
+        res.qra_clean_to_target = _worst([t.qra.clean_to_target if t.qra else None for t in pt])
+        lams = [t.lmc.lambda50 if t.lmc.lambda50 is not None else 1.0 for t in pt if t.lmc]
+        res.lmc_lambda50 = min(lams) if lams and min(lams) < 1.0 else None
+        res.verdict = _verdict(res, spec)  # type: ignore[assignment]
+        res.seconds = round(sum(st.seconds for st in res.stages), 3)
+    report.methods = list(results.values())
+    report.gate = evaluate(spec.gate, report)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    tracker.finish("report")
+    return AuditOutcome(report, purified)
+
+
+def _baseline(spec: AuditSpec, bd: nn.Module, purified: dict[str, nn.Module],
+              ctx: DefenseContext, d: _Data, report: AuditReport, tracker: Tracker
+              ) -> tuple[nn.Module | None, BaselineInfo]:
+    """The RA/QRA baseline (reference checkpoint, else the EP model) and its RA numbers."""
+    plan = spec.plan
+    info = BaselineInfo()
+    model: nn.Module | None = None
+    with _stage(report.stages, "baseline"):
+        if spec.reference:
+            model = load_model(Path(spec.reference), spec.model.arch,
+                               spec.model.num_classes).to(ctx.device)
+            info.kind = "reference"
+            info.description = f"caller's clean reference {Path(spec.reference).name}"
+        elif "ep" in [m.name for m in plan.methods]:
+            ep_key = next(m.key for m in plan.methods if m.name == "ep")
+            model = purified.get(ep_key)
+            info.kind, info.description = "ep", f"the EP model of this audit ({ep_key})"
+        else:
+            ctx.progress = tracker.sub("baseline")
+            model = purify("ep", bd, ctx, {}).model
+            info.kind, info.description = "ep", "EP with default parameters, built for the baseline"
+        if model is not None:
+            info.c_acc = clean_accuracy(model, d.test)
+            for lbl, tt, t in zip(d.labels, d.triggered, d.triggers, strict=True):
+                info.asr[lbl] = attack_success_rate(model, tt, t.target)
+                if plan.retune.enabled and plan.retune.baseline:
+                    rset = build_retune_set(d.pool, t, plan.retune.poison_num,
+                                            plan.retune.clean_num, plan.retune.seed)
+                    retuned = retune(model, rset, plan.retune, device=ctx.device)
+                    info.p_asr[lbl] = attack_success_rate(retuned, tt, t.target)
+    tracker.finish("baseline")
+    return model, info
+
+
+def _sweep(model: nn.Module, baseline: nn.Module | None, d: _Data, trig: Trigger,
+           tt: ImageSet, spec: AuditSpec, device: torch.device) -> list[SweepPoint]:
+    """P-ASR (and the baseline's) over the (poisoned samples, epochs) budgets of the sweep."""
+    rs = spec.plan.retune
+    total = rs.poison_num + rs.clean_num
+    out = []
+    for pn, ep in rs.sweep:
+        rset = build_retune_set(d.pool, trig, pn, max(0, total - pn), rs.seed)
+        point = SweepPoint(poison_num=pn, epochs=ep, p_asr=attack_success_rate(
+            retune(model, rset, rs, epochs=ep, device=device), tt, trig.target))
+        if baseline is not None and rs.baseline:
+            point.baseline_p_asr = attack_success_rate(
+                retune(baseline, rset, rs, epochs=ep, device=device), tt, trig.target)
+        out.append(point)
+    return out

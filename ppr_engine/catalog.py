@@ -1,0 +1,22 @@
+"""The registries as one JSON-able catalog (for `ppr methods` and `GET /v1/methods`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def catalog() -> dict[str, list[dict[str, Any]]]:
+    """Architectures, attacks and purification methods with parameters and defaults."""
+    from .attacks import ATTACKS
+    from .defenses import DEFENSES
+    from .models import ARCHITECTURES
+
+    archs = []
+    for e in ARCHITECTURES:
+        a = e.obj
+        archs.append({"name": e.name, "summary": e.summary, "input_size": a.input_size,
+                      "mean": list(a.mean), "std": list(a.std), "head": a.head,
+                      "stages": list(a.stages), "params": {}})
+    return {"architectures": archs,
+            "attacks": [e.describe() for e in ATTACKS],
+            "methods": [e.describe() for e in DEFENSES]}

@@ -1,0 +1,185 @@
+"""Safe checkpoint loading and saving.
+
+Checkpoints are hostile until proven otherwise: `.safetensors` loads without code, and
+`.pt/.pth/.bin` only through `torch.load(weights_only=True)` with a NumPy allow-list (for
+BackdoorBench result files); nothing is ever fully unpickled. The state dict is unwrapped
+from the common containers, checked against the architecture (missing, unexpected and
+mismatched keys named), refused if it holds NaN/Inf, and hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__, models
+from .errors import CheckpointError
+
+DEFAULT_MAX_BYTES = 4 << 30
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_NUMPY_ALLOW = [np.ndarray, np.dtype]
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    try:
+        _NUMPY_ALLOW.append(__import__(_mod, fromlist=["_reconstruct"])._reconstruct)
+    except (ImportError, AttributeError):
+        pass
+_NUMPY_ALLOW += [type(np.dtype(t)) for t in ("uint8", "int64", "float32", "float64", "bool")]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state dict inside common containers (and BackdoorBench result files)."""
+    for _ in range(3):
+        if not isinstance(obj, dict):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path.name}: no state dict found (looked for a mapping of "
+                              f"tensors, or one under {', '.join(CONTAINER_KEYS)})")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != len(obj):
+        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
+        raise CheckpointError(f"{path.name}: state dict entries are not tensors: {bad}")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_state_dict(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, torch.Tensor]:
+    """Load tensors from `path` without executing anything it contains."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise CheckpointError(f"{path.name} is {size} bytes, over the limit of {max_bytes}")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    is_safetensors = path.suffix == ".safetensors" or (
+        len(head) >= 9 and head[8:9] == b"{" and not head.startswith(b"PK"))
+    if is_safetensors:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap(load_file(str(path)), path)
+        except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path.name}: not a valid safetensors file: {exc}") from None
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ALLOW):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise CheckpointError(f"{path.name}: refused, it contains objects other than tensors "
+                              f"(weights-only loading): {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError,
+            KeyError, IndexError) as exc:
+        raise CheckpointError(f"{path.name}: unreadable checkpoint: {str(exc)[:300]}") from None
+    return _unwrap(obj, path)
+
+
+def _fmt(keys: list[str], limit: int = 8) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse `state` unless its keys and shapes match `model` exactly; name every problem."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape))
+    if missing or unexpected or mismatched:
+        arch = getattr(model, "arch_name", type(model).__name__)
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_fmt(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_fmt(unexpected)}")
+        if mismatched:
+            parts.append(f"mismatched shapes: {_fmt(mismatched)}")
+        raise CheckpointError(f"{what} does not fit architecture {arch}: " + "; ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{what} holds NaN or Inf values in: {_fmt(bad)}")
+
+
+def load_model(path: Path, arch: str, num_classes: int, *,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> nn.Module:
+    """Build `arch` and load the checkpoint at `path` into it, strictly and safely."""
+    model = models.create(arch, num_classes)
+    state = read_state_dict(Path(path), max_bytes)
+    check_state_dict(model, state, Path(path).name)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata block of a safetensors file ({} for other formats)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable metadata is simply absent metadata
+        return {}
+
+
+def save_model(model: nn.Module, path: Path, **metadata: str) -> str:
+    """Write `model` as safetensors atomically (temp file + rename); return its SHA-256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arch = getattr(model, "arch_name", "")
+    meta = {"arch": arch, "engine_version": __version__,
+            "num_classes": str(models.head_of(model).out_features) if arch else "",
+            "mean": json.dumps(model.input_mean.flatten().tolist()) if hasattr(
+                model, "input_mean") else "",
+            "std": json.dumps(model.input_std.flatten().tolist()) if hasattr(
+                model, "input_std") else ""}
+    meta.update({k: str(v) for k, v in metadata.items()})
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return sha256_file(path)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """An independent copy of a registered model (same architecture, same weights)."""
+    import copy
+
+    return copy.deepcopy(model)

@@ -1,0 +1,62 @@
+"""`ImageSet`: a labelled image collection held as one uint8 N x C x H x W tensor."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8, N x C x H x W), labels, and where each image came from.
+
+    `index` holds each image's position in its source, so sample-specific triggers (SSBA)
+    and provenance survive subsetting.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    source: str = ""
+    index: torch.Tensor | None = None
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            self.index = torch.arange(len(self.y))
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, idx: torch.Tensor) -> ImageSet:
+        """The images at positions `idx` (a new set sharing nothing mutable)."""
+        idx = idx.to(self.x.device)
+        return replace(self, x=self.x[idx], y=self.y[idx], index=self.index[idx.to(
+            self.index.device)])
+
+    def with_images(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ImageSet:
+        """The same set with its images (and optionally labels) replaced."""
+        return replace(self, x=x, y=self.y if y is None else y)
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        """This set with its tensors on `device`."""
+        return replace(self, x=self.x.to(device), y=self.y.to(device),
+                       index=self.index.to(device))
+
+    def content_hash(self) -> str:
+        """SHA-256 over the images and labels: equal data, equal hash."""
+        h = hashlib.sha256()
+        h.update(str(tuple(self.x.shape)).encode())
+        h.update(self.x.detach().cpu().contiguous().numpy().tobytes())
+        h.update(self.y.detach().cpu().to(torch.int64).numpy().tobytes())
+        return h.hexdigest()
+
+    @staticmethod
+    def concat(*sets: ImageSet) -> ImageSet:
+        """Several sets as one (same image size and classes)."""
+        first = sets[0]
+        return replace(first, x=torch.cat([s.x for s in sets]),
+                       y=torch.cat([s.y for s in sets]),
+                       index=torch.cat([s.index for s in sets]))

@@ -1,0 +1,70 @@
+"""Data references: `KIND:LOCATION[?key=value&...]` strings, parsed and validated.
+
+Kinds: imagefolder, cifar10, cifar100, npz, synthetic, dataset (service uploads). Server
+deployments confine LOCATION to configured roots (`confine`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from ..errors import DatasetError
+
+KINDS = ("imagefolder", "cifar10", "cifar100", "npz", "synthetic", "dataset")
+_OPTIONS = {
+    "split": str, "fraction": float, "n": int, "seed": int, "size": int, "world": int,
+    "classes": int, "noise": float,
+}
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A parsed data reference."""
+
+    kind: str
+    location: str
+    options: dict[str, object] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.kind}:{self.location}" + (f"?{query}" if query else "")
+
+    def with_options(self, **options: object) -> DataRef:
+        """A copy with `options` added or replaced."""
+        return DataRef(self.kind, self.location, {**self.options, **options})
+
+
+def parse_ref(text: str) -> DataRef:
+    """Parse `KIND:LOCATION?opts`; DatasetError names what is wrong."""
+    if not isinstance(text, str) or ":" not in text:
+        raise DatasetError(f"data reference {text!r} must look like KIND:LOCATION[?k=v]; "
+                           f"kinds: {', '.join(KINDS)}")
+    kind, rest = text.split(":", 1)
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise DatasetError(f"unknown data kind {kind!r} in {text!r}; kinds: {', '.join(KINDS)}")
+    location, _, query = rest.partition("?")
+    options: dict[str, object] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key not in _OPTIONS:
+            raise DatasetError(f"unknown option {key!r} in {text!r}; options: "
+                               f"{', '.join(_OPTIONS)}")
+        try:
+            options[key] = _OPTIONS[key](value)
+        except ValueError:
+            raise DatasetError(f"option {key}={value!r} in {text!r} is not a valid "
+                               f"{_OPTIONS[key].__name__}") from None
+    if kind not in ("synthetic",) and not location:
+        raise DatasetError(f"data reference {text!r} has no location")
+    return DataRef(kind, location, options)
+
+
+def confine(ref: DataRef, roots: list[Path]) -> Path:
+    """Resolve a file-system location and refuse it unless it lies under one of `roots`."""
+    path = Path(ref.location).expanduser().resolve()
+    for root in roots:
+        if path == root.resolve() or root.resolve() in path.parents:
+            return path
+    raise DatasetError(f"data location {ref.location!r} is outside the allowed data roots")

@@ -1,0 +1,139 @@
+"""The purification-method interface and registry.
+
+A method takes the backdoored model (it works on its own copy), the defender's clean set
+split into train and held-out validation parts, its validated parameters and a context
+(device, seed, progress, the trigger when the audit knows it), and returns the purified
+model plus a record of what it did (thresholds chosen, target detected, ...). No method
+sees the test set: every choice uses `ctx.val`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..attacks import Trigger
+from ..data import ImageSet
+from ..models import head_of
+from ..registry import Registry
+from ..train import Progress, accuracy, no_progress
+
+
+@dataclass
+class DefenseContext:
+    """What a method may use besides the model: the defender's data and the run settings."""
+
+    clean: ImageSet
+    val: ImageSet
+    device: torch.device
+    seed: int = 0
+    progress: Progress = no_progress
+    triggers: list[Trigger] = field(default_factory=list)
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by methods of one audit
+
+
+@dataclass
+class Purified:
+    """A purified model and a JSON-able record of what the method did."""
+
+    model: nn.Module
+    record: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+Method = Callable[[nn.Module, DefenseContext, Any], Purified]
+DEFENSES: Registry[Method] = Registry("purification method")
+
+
+class TuneParams(BaseModel):
+    """SGD fine-tuning settings shared by most methods (reference: CIFAR-10, ResNet-18)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    augment: bool = Field(True, description="random crop + flip on the clean set")
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `train.fit`."""
+        return {"epochs": self.epochs, "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "batch_size": self.batch_size,
+                "augment": self.augment}
+
+
+def purify(name: str, model: nn.Module, ctx: DefenseContext,
+           params: dict[str, Any] | BaseModel | None = None) -> Purified:
+    """Run method `name` on a copy of `model`; the input model is never modified."""
+    entry = DEFENSES.get(name)
+    parsed = params if isinstance(params, BaseModel) else entry.parse(params)
+    work = copy.deepcopy(model).to(ctx.device)
+    start = time.perf_counter()
+    result = entry.obj(work, ctx, parsed)
+    result.seconds = time.perf_counter() - start
+    result.model.eval()
+    result.record.setdefault("params", parsed.model_dump())
+    result.record.setdefault("val_acc", accuracy(result.model, ctx.val))
+    return result
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-1 of a model's parameters and buffers: equal weights, equal fingerprint."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def reinit_head(model: nn.Module, seed: int) -> nn.Linear:
+    """Re-initialize the linear head with U(+-1/sqrt(d_in)), seeded; return the head."""
+    head = head_of(model)
+    g = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(head.in_features)
+    with torch.no_grad():
+        head.weight.copy_((torch.rand(head.weight.shape, generator=g) * 2 - 1) * bound)
+        head.bias.copy_((torch.rand(head.bias.shape, generator=g) * 2 - 1) * bound)
+    return head
+
+
+def replace_share(fn: Callable[[torch.Tensor], torch.Tensor], ratio: float
+                  ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """A batch transform replacing the first `ratio` of each (shuffled) batch by fn(x),
+    labels unchanged: the unlearning data of EP, BTI-DBF(U) and PAM."""
+
+    def transform(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = int(round(ratio * len(x)))
+        if k == 0:
+            return x, y
+        x = x.clone()
+        with torch.no_grad():
+            x[:k] = fn(x[:k]).to(x.dtype)
+        return x, y
+
+    return transform
+
+
+def triggers_fn(triggers: list[Trigger]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Apply the known triggers to consecutive slices of a batch (EP's oracle data)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        parts = torch.tensor_split(torch.arange(len(x)), len(triggers))
+        out = x.clone()
+        for trig, idx in zip(triggers, parts, strict=True):
+            if len(idx):
+                out[idx] = trig.apply(x[idx])
+        return out
+
+    return fn

@@ -1,0 +1,74 @@
+"""FP, Fine-Pruning: prune the least-active last-stage channels, then fine-tune.
+
+Channels are the inputs of the final linear layer (BackdoorBench masks the head's
+columns). Pruning goes 1% of channels per step while held-out *validation* accuracy stays
+within `acc_ratio` (relative) of the unpruned model; the last passing mask is kept. This
+departs from BackdoorBench on purpose: it stops on clean-test accuracy and keeps the mask
+of the failing step (REFERENCE-ALGORITHMS.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+
+from ..data import DeviceLoader
+from ..models import features, head_of
+from ..train import accuracy, fit
+from .base import DEFENSES, DefenseContext, Purified, TuneParams
+
+
+class FPParams(TuneParams):
+    """FP parameters."""
+
+    acc_ratio: float = Field(0.1, gt=0, lt=1, description="allowed relative val-acc drop")
+    prune_step: float = Field(0.01, gt=0, le=0.5, description="share of channels per step")
+    max_prune: float = Field(0.95, gt=0, le=1, description="never prune more than this share")
+
+
+@torch.no_grad()
+def mean_activations(model, ctx: DefenseContext) -> torch.Tensor:
+    """Mean penultimate activation per channel over the defender's clean set."""
+    model.eval()
+    total = None
+    for x, _ in DeviceLoader(ctx.clean, 512, shuffle=False, device=ctx.device):
+        feats, _ = features(model, x)
+        s = feats.float().sum(0)
+        total = s if total is None else total + s
+    return total / len(ctx.clean)
+
+
+@DEFENSES.register("fp", params=FPParams, summary="FP: fine-pruning of dormant channels")
+def fp(model, ctx: DefenseContext, p: FPParams) -> Purified:
+    """Mask head columns of dormant channels (chosen on val accuracy), then fine-tune."""
+    head = head_of(model)
+    order = mean_activations(model, ctx).argsort()  # least active first
+    w0 = head.weight.detach().clone()
+    acc0 = accuracy(model, ctx.val)
+    step = max(1, math.ceil(p.prune_step * head.in_features))
+    keep_mask = torch.ones(head.in_features, device=w0.device)
+    pruned = 0
+    limit = int(p.max_prune * head.in_features)
+    for n in range(step, limit + 1, step):
+        mask = torch.ones_like(keep_mask)
+        mask[order[:n]] = 0
+        with torch.no_grad():
+            head.weight.copy_(w0 * mask)
+        acc = accuracy(model, ctx.val)
+        if (acc0 - acc) / max(acc0, 1e-8) > p.acc_ratio:
+            break
+        keep_mask, pruned = mask, n
+    with torch.no_grad():
+        head.weight.copy_(w0 * keep_mask)
+    ctx.progress(f"fp: pruned {pruned}/{head.in_features} channels", 0.1)
+
+    def reapply() -> None:
+        with torch.no_grad():
+            head.weight.mul_(keep_mask)
+
+    fit(model, ctx.clean, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
+        after_step=reapply, stage="fp", **p.fit_kwargs())
+    return Purified(model, {"pruned_channels": pruned, "channels": head.in_features,
+                            "val_acc_unpruned": acc0})

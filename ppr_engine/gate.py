@@ -1,0 +1,121 @@
+"""Release gates: expressions over report fields, with a documented grammar.
+
+Grammar (one clause per string; a gate passes when every clause passes):
+
+    clause  := subject "." field op number
+    subject := METHOD_KEY | "all" | "any" | "model" | "baseline"
+    op      := "<=" | "<" | ">=" | ">" | "==" | "!="
+
+Method fields: o_cacc, o_asr, der, p_cacc, p_asr, baseline_p_asr, gap, qra_asr,
+qra_clean_to_target, lmc_lambda50. Model fields: c_acc, asr. Baseline fields: c_acc, asr,
+p_asr. `asr`-like fields take the worst case (maximum) over triggers. `all.F` needs F to
+pass for every method, `any.F` for at least one. A value that was not computed (its stage
+failed) fails the clause and says so. `lmc_lambda50` of a path on which ASR never exceeds
+50% counts as 1.0 (the far end of the path).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+
+from .errors import GateError
+from .report import AuditReport, GateClause, GateVerdict, MethodResult
+
+METHOD_FIELDS = ("o_cacc", "o_asr", "der", "p_cacc", "p_asr", "baseline_p_asr", "gap",
+                 "qra_asr", "qra_clean_to_target", "lmc_lambda50")
+MODEL_FIELDS = ("c_acc", "asr")
+BASELINE_FIELDS = ("c_acc", "asr", "p_asr")
+OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
+       "==": operator.eq, "!=": operator.ne}
+_CLAUSE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\.([a-z0-9_]+)\s*(<=|>=|==|!=|<|>)\s*"
+                     r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """A parsed clause."""
+
+    text: str
+    subject: str
+    field: str
+    op: str
+    threshold: float
+
+
+def parse_clause(text: str) -> Clause:
+    """Parse one clause, or raise GateError saying what is wrong."""
+    m = _CLAUSE.match(text or "")
+    if not m:
+        raise GateError(f"gate clause {text!r} must look like 'pam.p_asr <= 0.2' "
+                        f"(subject.field op number)")
+    subject, field, op, num = m.groups()
+    allowed = (MODEL_FIELDS if subject == "model" else BASELINE_FIELDS if subject == "baseline"
+               else METHOD_FIELDS)
+    if field not in allowed:
+        raise GateError(f"gate clause {text!r}: unknown field {field!r} for {subject!r}; "
+                        f"known: {', '.join(allowed)}")
+    return Clause(text.strip(), subject, field, op, float(num))
+
+
+def _method_value(m: MethodResult, field: str) -> float | None:
+    v = getattr(m, field)
+    if field == "lmc_lambda50" and v is None and any(t.lmc for t in m.per_trigger):
+        return 1.0
+    return v
+
+
+def evaluate_clause(clause: Clause, report: AuditReport) -> GateClause:
+    """Evaluate one clause against a report."""
+    op = OPS[clause.op]
+
+    def check(v: float | None) -> bool:
+        return v is not None and op(v, clause.threshold)
+
+    if clause.subject == "model":
+        v = report.model.c_acc if clause.field == "c_acc" else max(
+            report.model.asr.values(), default=None)
+        return GateClause(expr=clause.text, passed=check(v), value=v,
+                          detail="" if v is not None else "not computed")
+    if clause.subject == "baseline":
+        b = report.baseline
+        v = b.c_acc if clause.field == "c_acc" else max(
+            getattr(b, clause.field).values(), default=None)
+        return GateClause(expr=clause.text, passed=check(v), value=v,
+                          detail="" if v is not None else "not computed")
+    if clause.subject in ("all", "any"):
+        if not report.methods:
+            return GateClause(expr=clause.text, passed=False, value=None,
+                              detail="no methods in the report")
+        values = [_method_value(m, clause.field) for m in report.methods]
+        results = [check(v) for v in values]
+        passed = all(results) if clause.subject == "all" else any(results)
+        failing = [m.key for m, r in zip(report.methods, results, strict=True) if not r]
+        detail = f"failing: {', '.join(failing)}" if failing and not passed else ""
+        return GateClause(expr=clause.text, passed=passed, value=values, detail=detail)
+    m = report.method(clause.subject)
+    if m is None:
+        known = ", ".join(x.key for x in report.methods) or "none"
+        raise GateError(f"gate clause {clause.text!r}: method {clause.subject!r} is not in "
+                        f"this audit (methods: {known})")
+    v = _method_value(m, clause.field)
+    return GateClause(expr=clause.text, passed=check(v), value=v,
+                      detail="" if v is not None else "not computed (stage failed)")
+
+
+def evaluate(gate: list[str], report: AuditReport) -> GateVerdict:
+    """The verdict of every clause; passed is None when the gate is empty."""
+    if not gate:
+        return GateVerdict(passed=None, clauses=[])
+    clauses = [evaluate_clause(parse_clause(c), report) for c in gate]
+    return GateVerdict(passed=all(c.passed for c in clauses), clauses=clauses)
+
+
+def check_subjects(gate: list[str], method_keys: list[str]) -> None:
+    """Refuse, before any work, a gate that names a method the plan does not run."""
+    for text in gate:
+        c = parse_clause(text)
+        if c.subject not in ("all", "any", "model", "baseline") and c.subject not in method_keys:
+            raise GateError(f"gate clause {text!r} names method {c.subject!r}, which the plan "
+                            f"does not run (methods: {', '.join(method_keys) or 'none'})")

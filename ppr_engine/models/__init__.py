@@ -1,0 +1,103 @@
+"""Model registry: architectures by name, each with its head, stages and normalization.
+
+Every model takes images in [0, 1] pixel space (triggers and QRA work there) and
+normalizes inside, through a forward pre-hook whose mean/std are non-persistent buffers, so
+state dicts keep the architecture's usual keys. What must not live here: training loops,
+checkpoint files (see `ppr_engine.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.247, 0.243, 0.261)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build a model and where its parts are (head, feature stages)."""
+
+    build: Callable[[int], nn.Module]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    head: str  # dotted path of the final nn.Linear
+    stages: tuple[str, ...]  # dotted paths of the last stages (NAD attention, BTI features)
+
+
+ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+
+
+def register(name: str, *, summary: str = "") -> Callable[[Callable[[], Architecture]], None]:
+    """Register an architecture under `name`; the decorated function returns its spec."""
+
+    def deco(fn: Callable[[], Architecture]) -> None:
+        ARCHITECTURES.register(name, summary=summary or (fn.__doc__ or "").strip())(fn())
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Names of all registered architectures."""
+    return ARCHITECTURES.names()
+
+
+def architecture(name: str) -> Architecture:
+    """The registered architecture `name` (SpecError if unknown)."""
+    return ARCHITECTURES.get(name).obj
+
+
+def _normalize_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+    x = args[0]
+    return ((x - module.input_mean) / module.input_std,)
+
+
+def create(
+    name: str, num_classes: int = 10, *, mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> nn.Module:
+    """Build architecture `name` taking [0, 1] images, normalizing inside."""
+    arch = architecture(name)
+    model = arch.build(num_classes)
+    m = torch.tensor(mean or arch.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std or arch.std, dtype=torch.float32).view(1, -1, 1, 1)
+    model.register_buffer("input_mean", m, persistent=False)
+    model.register_buffer("input_std", s, persistent=False)
+    model.register_forward_pre_hook(_normalize_hook)
+    model.arch_name = name  # type: ignore[assignment]
+    return model
+
+
+def submodule(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted `path` (e.g. "heads.head")."""
+    return model.get_submodule(path)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The final linear classifier of a registered model."""
+    head = submodule(model, architecture(model.arch_name).head)
+    assert isinstance(head, nn.Linear)
+    return head
+
+
+def features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate features, logits): the head's input is captured with a hook."""
+    captured: list[torch.Tensor] = []
+    handle = head_of(model).register_forward_hook(lambda m, a, o: captured.append(a[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return captured[0], logits
+
+
+from . import cifar, small, tv  # noqa: E402,F401  (registration side effects)

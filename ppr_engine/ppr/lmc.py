@@ -1,0 +1,87 @@
+"""LMC, the backdoor-connected path: theta(lambda) = (1 - lambda) theta_pur + lambda theta_bd.
+
+At each point BN statistics are recomputed on the clean set (`bn="recompute"`, the default)
+or interpolated with the weights (`bn="interpolate"`); backdoor error (1 - ASR) and C-Acc
+are measured. A robust purification keeps a high backdoor error far along the path; the
+scalar is the smallest lambda at which ASR exceeds 50% (None: never on the path).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data import DeviceLoader, ImageSet
+from ..metrics import attack_success_rate, clean_accuracy
+from ..train import Progress, no_progress
+
+
+@dataclass
+class PathPoint:
+    """Metrics at one point of the path."""
+
+    lam: float
+    c_acc: float
+    asr: float
+
+    @property
+    def backdoor_error(self) -> float:
+        """1 - ASR."""
+        return 1.0 - self.asr
+
+
+def interpolate(pur: nn.Module, bd: nn.Module, lam: float, *, buffers: bool) -> nn.Module:
+    """A model at (1 - lam) pur + lam bd; buffers interpolated too when `buffers`."""
+    out = copy.deepcopy(pur)
+    sp, sb = pur.state_dict(), bd.state_dict()
+    param_names = {n for n, _ in pur.named_parameters()}
+    mixed = {}
+    for k, v in sp.items():
+        if v.is_floating_point() and (k in param_names or buffers):
+            mixed[k] = (1 - lam) * v + lam * sb[k].to(v.device)
+        else:
+            mixed[k] = v
+    out.load_state_dict(mixed)
+    return out
+
+
+@torch.no_grad()
+def recompute_bn(model: nn.Module, data: ImageSet, device: torch.device) -> None:
+    """Reset BN running statistics and re-estimate them (cumulative) on `data`."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x, _ in DeviceLoader(data, 256, shuffle=False, device=device):
+        model(x)
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.eval()
+
+
+def trace_path(pur: nn.Module, bd: nn.Module, clean: ImageSet, test: ImageSet,
+               triggered: ImageSet, target: int, *, points: int = 11, bn: str = "recompute",
+               device: torch.device, progress: Progress = no_progress) -> list[PathPoint]:
+    """Metrics at `points` evenly spaced lambdas from the purified (0) to the backdoored (1)."""
+    out = []
+    for i in range(points):
+        lam = i / (points - 1)
+        model = interpolate(pur, bd, lam, buffers=(bn == "interpolate")).to(device)
+        if bn == "recompute":
+            recompute_bn(model, clean, device)
+        out.append(PathPoint(lam, clean_accuracy(model, test),
+                             attack_success_rate(model, triggered, target)))
+        progress(f"lmc: lambda {lam:.2f}", (i + 1) / points)
+    return out
+
+
+def lambda50(path: list[PathPoint]) -> float | None:
+    """Smallest lambda at which ASR exceeds 50% (None if it never does)."""
+    return next((p.lam for p in path if p.asr > 0.5), None)

@@ -1,0 +1,131 @@
+"""QRA, the Query-based Reactivation Attack: leave the weights alone and learn an input
+perturbation generator that reactivates the backdoor on the purified model.
+
+Generator: MLP 3HW -> h -> h -> h -> 3HW (ReLU, tanh); delta(x) = clamp(eps * AE(x), -eps,
+eps); x' = clip(x + delta, 0, 1). Loss per batch: alpha * KL(softmax f_RA(x) || softmax
+f_pur(x')) + CE(f_ref(x'), y_true), over clean images and poisoned non-target images.
+The second term, on a benign reference model, keeps delta from being a plain adversarial
+perturbation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import Trigger
+from ..data import DeviceLoader, ImageSet
+from ..metrics import attack_success_rate, target_rate
+from ..spec import QRASpec
+from ..train import Progress, no_progress
+
+
+class PerturbationGenerator(nn.Module):
+    """The MLP auto-encoder that maps an image to its bounded perturbation."""
+
+    def __init__(self, shape: tuple[int, int, int], hidden: int, eps: float) -> None:
+        super().__init__()
+        d = shape[0] * shape[1] * shape[2]
+        self.shape = shape
+        self.eps = eps
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(True),
+                                 nn.Linear(hidden, hidden), nn.ReLU(True),
+                                 nn.Linear(hidden, hidden), nn.ReLU(True),
+                                 nn.Linear(hidden, d), nn.Tanh())
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The perturbation, within [-eps, eps]."""
+        return (self.eps * self.net(x)).clamp(-self.eps, self.eps).view(-1, *self.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.delta(x)).clamp(0, 1)
+
+
+@dataclass
+class QRAOutcome:
+    """The trained generator and the four numbers of METHODS.md §4."""
+
+    generator: PerturbationGenerator
+    asr: float  # f_pur on triggered test + delta
+    clean_to_target: float  # f_pur on clean test + delta
+    ref_asr: float
+    ref_clean_to_target: float
+    losses: list[float]
+
+
+def qra_training_set(pool: ImageSet, trigger: Trigger, spec: QRASpec, seed: int) -> ImageSet:
+    """`clean_num` clean images plus `poison_num` triggered non-target ones, true labels."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(pool), generator=g)
+    clean = pool.subset(order[:spec.clean_num])
+    nt = order[pool.y.cpu()[order] != trigger.target][spec.clean_num:
+                                                      spec.clean_num + spec.poison_num]
+    if len(nt) == 0:
+        nt = order[pool.y.cpu()[order] != trigger.target][:spec.poison_num]
+    poisoned = pool.subset(nt)
+    return ImageSet.concat(clean, poisoned.with_images(trigger.apply_set(poisoned)))
+
+
+def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, data: ImageSet,
+              spec: QRASpec, *, device: torch.device, seed: int,
+              progress: Progress = no_progress) -> PerturbationGenerator:
+    """Learn the perturbation generator against `purified`, guided by `retuned`."""
+    torch.manual_seed(seed)
+    gen = PerturbationGenerator(tuple(data.x.shape[1:]), spec.hidden, spec.eps / 255).to(device)
+    opt = torch.optim.SGD(gen.parameters(), lr=spec.lr, momentum=spec.momentum)
+    for m in (purified, retuned, reference):
+        m.eval()
+        for q in m.parameters():
+            q.requires_grad_(False)
+    loader = DeviceLoader(data, spec.batch_size, shuffle=True, device=device, seed=seed)
+    try:
+        for epoch in range(spec.epochs):
+            for x, y in loader:
+                with torch.no_grad():
+                    p_ra = F.softmax(retuned(x), 1)
+                xp = gen(x)
+                kl = F.kl_div(F.log_softmax(purified(xp), 1), p_ra, reduction="batchmean")
+                loss = spec.alpha * kl + F.cross_entropy(reference(xp), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            progress(f"qra: epoch {epoch + 1}/{spec.epochs}", (epoch + 1) / spec.epochs)
+    finally:
+        for m in (purified, retuned, reference):
+            for q in m.parameters():
+                q.requires_grad_(True)
+    return gen.eval()
+
+
+@torch.no_grad()
+def perturbed(gen: PerturbationGenerator, data: ImageSet, device: torch.device) -> torch.Tensor:
+    """Float images of `data` with the generator's perturbation added (on `device`)."""
+    out = [gen(x) for x, _ in DeviceLoader(data, 512, shuffle=False, device=device)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate_qra(gen: PerturbationGenerator, model: nn.Module, clean_test: ImageSet,
+                 triggered_test: ImageSet, target: int, device: torch.device
+                 ) -> tuple[float, float]:
+    """(ASR on triggered test + delta, target rate on clean non-target test + delta)."""
+    trig = triggered_test.with_images(perturbed(gen, triggered_test, device))
+    asr = attack_success_rate(model, trig, target)
+    non_target = clean_test.subset(torch.nonzero(clean_test.y.cpu() != target).flatten())
+    clean = perturbed(gen, non_target, device)
+    return asr, target_rate(model, clean, target)
+
+
+def run_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, pool: ImageSet,
+            clean_test: ImageSet, triggered_test: ImageSet, trigger: Trigger, spec: QRASpec,
+            *, device: torch.device, seed: int, progress: Progress = no_progress) -> QRAOutcome:
+    """Train the generator and report its four numbers."""
+    data = qra_training_set(pool, trigger, spec, seed)
+    gen = train_qra(purified, retuned, reference, data, spec, device=device, seed=seed,
+                    progress=progress)
+    asr, c2t = evaluate_qra(gen, purified, clean_test, triggered_test, trigger.target, device)
+    r_asr, r_c2t = evaluate_qra(gen, reference, clean_test, triggered_test, trigger.target,
+                                device)
+    return QRAOutcome(gen, asr, c2t, r_asr, r_c2t, [])

@@ -1,0 +1,249 @@
+"""The one schema of a job: `AuditSpec` (and purify, an audit of one method).
+
+Defined once here and used by the CLI, the API (request validation, OpenAPI), the worker
+and the report. Names of architectures, attacks and methods, and each method's
+parameters, are validated against the registries. YAML and JSON are equivalent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import SpecError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """The submitted model's architecture (normalization from the registry unless given)."""
+
+    arch: str = Field("preact_resnet18", description="registered architecture name")
+    num_classes: int = Field(10, ge=2, le=100_000)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelSpec:
+        from .models import ARCHITECTURES
+
+        ARCHITECTURES.get(self.arch)
+        return self
+
+
+class DataSpec(_Strict):
+    """Where the defender's clean set and the clean test set come from."""
+
+    clean: str = Field(..., description="data reference of the defender's clean set",
+                       examples=["imagefolder:/data/cifar10/train?fraction=0.05&seed=0"])
+    test: str = Field(..., description="data reference of the clean test set",
+                      examples=["imagefolder:/data/cifar10/test"])
+    attacker: str | None = Field(None, description="data the Retuning Attack draws from "
+                                 "(default: the clean reference, with RA's own seed)")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out validation share of "
+                                "the clean set; every threshold is chosen on it")
+
+    @model_validator(mode="after")
+    def _parse(self) -> DataSpec:
+        from .data.refs import parse_ref
+
+        for ref in (self.clean, self.test, self.attacker):
+            if ref is not None:
+                parse_ref(ref)
+        return self
+
+
+class TriggerSpec(BaseModel):
+    """An attack and its parameters, e.g. {attack: badnets, target: 0, size: 3}."""
+
+    model_config = ConfigDict(extra="allow")
+    attack: str = Field(..., examples=["badnets"])
+    target: int = Field(0, ge=0)
+
+    def params(self) -> dict[str, Any]:
+        """The attack's parameters (extras plus target)."""
+        return {**(self.model_extra or {}), "target": self.target}
+
+    @model_validator(mode="after")
+    def _known(self) -> TriggerSpec:
+        from .attacks import ATTACKS
+
+        ATTACKS.get(self.attack).parse(self.params())
+        return self
+
+    def build(self):
+        """The Trigger object this spec describes."""
+        from .attacks import build_trigger
+
+        return build_trigger(self.attack, self.params())
+
+    @property
+    def label(self) -> str:
+        """Short name used in reports (attack and target)."""
+        return f"{self.attack}->{self.target}"
+
+
+class MethodSpec(BaseModel):
+    """A purification method and its parameters, e.g. {name: pam, rho: 0.5}."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., examples=["pam"])
+    label: str | None = Field(None, description="report name (default: name); lets one "
+                              "audit run a method twice with different parameters")
+
+    def params(self) -> dict[str, Any]:
+        """The method's parameters (everything but name and label)."""
+        return dict(self.model_extra or {})
+
+    @property
+    def key(self) -> str:
+        """The name this method's results carry in the report and in gate expressions."""
+        return self.label or self.name
+
+    @model_validator(mode="after")
+    def _known(self) -> MethodSpec:
+        from .defenses import DEFENSES
+
+        DEFENSES.get(self.name).parse(self.params())
+        return self
+
+    def parsed(self):
+        """The validated parameter model."""
+        from .defenses import DEFENSES
+
+        return DEFENSES.get(self.name).parse(self.params())
+
+
+class RetuneSpec(_Strict):
+    """Retuning Attack budget (METHODS.md §4 reference: 5 poisoned + 995 clean, 5 epochs)."""
+
+    enabled: bool = True
+    poison_num: int = Field(5, ge=0, description="poisoned samples (labelled target)")
+    clean_num: int = Field(995, ge=0, description="clean samples")
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1)
+    seed: int = Field(1000, description="RA's own seed, different from the defender's")
+    sweep: list[tuple[int, int]] = Field(default_factory=list, description=
+                                         "(poison_num, epochs) pairs for a P-ASR curve")
+    baseline: bool = Field(True, description="run the same budget on the baseline model")
+    removed_asr: float = Field(0.2, ge=0, le=1, description="O-ASR at or below this counts "
+                               "as removed")
+    superficial_gap: float = Field(0.2, ge=0, le=1, description="P-ASR this far above the "
+                                   "baseline's P-ASR flags superficial safety")
+
+
+class QRASpec(_Strict):
+    """Query-based Reactivation Attack settings (METHODS.md §4)."""
+
+    enabled: bool = True
+    eps: float = Field(16.0, gt=0, le=255, description="L-inf radius in 8-bit units")
+    alpha: float = Field(0.2, ge=0, description="weight of the KL term")
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(128, ge=1)
+    clean_num: int = Field(500, ge=1)
+    poison_num: int = Field(500, ge=1)
+    hidden: int = Field(1024, ge=8, description="generator MLP width")
+    transfer: bool = Field(True, description="apply each method's delta to the others")
+
+
+class LMCSpec(_Strict):
+    """Backdoor-connected path settings."""
+
+    enabled: bool = True
+    points: int = Field(11, ge=2, le=101)
+    bn: Literal["recompute", "interpolate"] = "recompute"
+
+
+class Plan(_Strict):
+    """What the audit runs: purification methods, then RA, QRA and LMC on each."""
+
+    methods: list[MethodSpec] = Field(default_factory=list, description="empty: audit the "
+                                      "submitted model as it is")
+    retune: RetuneSpec = Field(default_factory=RetuneSpec)
+    qra: QRASpec = Field(default_factory=QRASpec)
+    lmc: LMCSpec = Field(default_factory=LMCSpec)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Plan:
+        keys = [m.key for m in self.methods]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"methods appear twice: {dup}; give one a distinct label")
+        return self
+
+
+class AuditSpec(_Strict):
+    """An audit request: model, data, triggers, plan, seed and the release gate."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec
+    triggers: list[TriggerSpec] = Field(default_factory=list, max_length=8, description=
+        "known or suspected triggers; without one, ASR, RA, QRA and LMC cannot be measured")
+    plan: Plan = Field(default_factory=Plan)
+    seed: int = 0
+    gate: list[str] = Field(default_factory=list, examples=[["pam.p_asr <= 0.2"]])
+    reference: str | None = Field(None, description="path of a benign reference checkpoint "
+                                  "(a model trained clean) for RA's baseline and QRA; "
+                                  "default: the EP model")
+    device: str | None = Field(None, description="torch device (default: CUDA if present)")
+
+    @model_validator(mode="after")
+    def _gate(self) -> AuditSpec:
+        from .gate import parse_clause
+
+        for clause in self.gate:
+            parse_clause(clause)
+        return self
+
+    def for_purify(self, method: MethodSpec) -> AuditSpec:
+        """This spec with its plan reduced to one method (POST /purify?method=...)."""
+        return self.model_copy(update={"plan": self.plan.model_copy(update={
+            "methods": [method]})})
+
+
+def load_spec(source: str | Path | dict[str, Any]) -> AuditSpec:
+    """Parse an AuditSpec from a dict, a YAML/JSON file path, or YAML/JSON text."""
+    if isinstance(source, dict):
+        raw: Any = source
+    else:
+        text = source
+        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                        and Path(source).suffix in (".yaml", ".yml", ".json")):
+            try:
+                text = Path(source).read_text()
+            except OSError as exc:
+                raise SpecError(f"cannot read spec {source}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(str(text))
+        except yaml.YAMLError as exc:
+            raise SpecError(f"spec is not valid YAML/JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError("spec must be a mapping (YAML or JSON object)")
+    return validate_spec(raw)
+
+
+def validate_spec(raw: dict[str, Any]) -> AuditSpec:
+    """Validate a dict as an AuditSpec, turning pydantic errors into one SpecError."""
+    try:
+        return AuditSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(describe_validation(exc)) from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """One readable line per problem: `field.path: message`."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "invalid spec: " + "; ".join(lines)

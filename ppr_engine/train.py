@@ -1,0 +1,147 @@
+"""Shared training and evaluation loops, and the device and precision policy.
+
+One `fit` (SGD, momentum, weight decay, cosine or constant schedule) serves backdoor
+training, fine-tuning defenses and the Retuning Attack; defenses with custom steps reuse
+`autocast`, `sgd` and `DeviceLoader`. On CUDA: bf16 autocast and channels_last. The same
+code runs on the CPU for tests. No per-sample Python on the hot path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DeviceLoader, ImageSet, to_float
+from .errors import Cancelled
+
+# A progress callback gets (message, fraction in [0, 1]); it may raise Cancelled.
+Progress = Callable[[str, float], None]
+
+
+Batch = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, LossFn], None]
+
+
+def no_progress(message: str, fraction: float) -> None:
+    """The progress callback that reports nothing."""
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`name`, else $TORCH_DEVICE, else CUDA when available, else the CPU."""
+    name = name or os.environ.get("TORCH_DEVICE") or ("cuda" if torch.cuda.is_available()
+                                                      else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on the CPU (where it would slow training down)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move `model` to `device` (channels_last on CUDA)."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def sgd(params: Iterable[torch.Tensor], lr: float, momentum: float = 0.9,
+        weight_decay: float = 0.0) -> torch.optim.SGD:
+    """Plain SGD, the optimizer of nearly every recipe here."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def cosine(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay to zero over `total_steps` optimizer steps."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+
+
+def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: float = 0.9,
+        weight_decay: float = 5e-4, batch_size: int = 128, schedule: str = "cosine",
+        augment: bool = True, label_smoothing: float = 0.0, device: torch.device | None = None,
+        seed: int = 0, params: Iterable[torch.Tensor] | None = None,
+        progress: Progress = no_progress, after_step: Callable[[], None] | None = None,
+        transform: Batch | None = None, loss_fn: LossFn | None = None,
+        step_fn: StepFn | None = None, stage: str = "train") -> nn.Module:
+    """Train `model` on `data`; returns the same model, trained.
+
+    The hooks make this the one loop of every recipe: `transform` edits each batch (EP and
+    BTI replace a share with triggered or inverted images), `loss_fn` replaces plain CE
+    (FST's penalty, NAD's distillation), `step_fn` replaces backward-and-step (PAM and SAM
+    take gradients elsewhere), `after_step` runs after each step (FST's projection, FP's
+    mask).
+    """
+    device = device or pick_device()
+    prepare(model, device)
+    loader = DeviceLoader(data, batch_size, shuffle=True, augment=augment, device=device,
+                          seed=seed)
+    opt = sgd(params if params is not None else model.parameters(), lr, momentum, weight_decay)
+    total = epochs * len(loader)
+    loss = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=label_smoothing))
+    sched = cosine(opt, total) if schedule == "cosine" else None
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        for x, y in loader:
+            if transform is not None:
+                x, y = transform(x, y)
+            if step_fn is not None:
+                step_fn(model, x, y, opt, loss)
+            else:
+                with autocast(device):
+                    value = loss(model, x, y)
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+            if sched:
+                sched.step()
+            if after_step:
+                after_step()
+            step += 1
+        progress(f"{stage}: epoch {epoch + 1}/{epochs}", step / max(1, total))
+        model.train()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet | torch.Tensor, *, device: torch.device | None = None,
+            batch_size: int = 1024) -> torch.Tensor:
+    """Predicted labels (on the CPU) for every image in `data` (uint8 or ImageSet)."""
+    device = device or next(model.parameters()).device
+    x_all = data.x if isinstance(data, ImageSet) else data
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(x_all), batch_size):
+        x = x_all[start:start + batch_size].to(device)
+        x = to_float(x) if x.dtype == torch.uint8 else x
+        with autocast(device):
+            out.append(model(x).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, data: ImageSet, **kw) -> float:
+    """Share of `data` classified as its label."""
+    if len(data) == 0:
+        return float("nan")
+    return float((predict(model, data, **kw) == data.y.cpu()).float().mean())
+
+
+def check_cancel(progress: Progress) -> None:
+    """Give the progress callback a chance to raise Cancelled between steps."""
+    progress("", -1.0)
+
+
+__all__ = ["Cancelled", "Progress", "accuracy", "autocast", "check_cancel", "cosine", "fit",
+           "no_progress", "pick_device", "predict", "prepare", "sgd"]

@@ -1,0 +1,69 @@
+"""Shared fixtures: a device, small synthetic data, and models trained once per session.
+
+Everything runs on the CPU in seconds (TORCH_DEVICE=cuda runs the same tests on a GPU).
+Models are trained without augmentation: the synthetic images already carry random shifts,
+and zero-padded crops only blur the small task.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ppr_engine import attacks, data, models, train
+
+SEED = 0
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+
+
+@pytest.fixture(scope="session")
+def train_set():
+    return data.make_synthetic(4000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def test_set():
+    return data.make_synthetic(1000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def defender_set():
+    """The defender's clean set: 1,000 images the attacker never touched."""
+    return data.make_synthetic(1000, seed=2)
+
+
+@pytest.fixture(scope="session")
+def badnets():
+    return attacks.build_trigger("badnets", {"target": 0})
+
+
+def train_small(ds, device, epochs: int = 8, seed: int = SEED):
+    """A small_cnn trained on `ds` with the test recipe."""
+    torch.manual_seed(seed)
+    model = models.create("small_cnn", 10)
+    return train.fit(model, ds, epochs=epochs, lr=0.05, augment=False, device=device,
+                     seed=seed)
+
+
+@pytest.fixture(scope="session")
+def backdoored(train_set, badnets, device):
+    """small_cnn trained on the training set with 10% BadNets poisoning (target 0)."""
+    poisoned = attacks.poison_training_set(train_set, badnets, 0.1, seed=SEED)
+    return train_small(poisoned.data, device)
+
+
+@pytest.fixture(scope="session")
+def clean_model(train_set, device):
+    """small_cnn trained on the same data without poisoning."""
+    return train_small(train_set, device)
+
+
+@pytest.fixture(scope="session")
+def triggered(test_set, badnets):
+    return attacks.triggered_test(test_set, badnets)

@@ -1,0 +1,35 @@
+"""Every registered architecture builds and runs a forward pass; heads and stages exist."""
+
+import pytest
+import torch
+from torch import nn
+
+from ppr_engine import models
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_architecture_builds_and_runs(name, device):
+    arch = models.architecture(name)
+    model = models.create(name, num_classes=7).to(device).eval()
+    x = torch.rand(2, 3, arch.input_size, arch.input_size, device=device)
+    feats, logits = models.features(model, x)
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    head = models.head_of(model)
+    assert isinstance(head, nn.Linear) and head.out_features == 7
+    assert feats.shape == (2, head.in_features)
+    for stage in arch.stages:
+        assert isinstance(models.submodule(model, stage), nn.Module)
+
+
+def test_normalization_is_inside_and_not_in_the_state_dict():
+    model = models.create("small_cnn")
+    assert "input_mean" not in model.state_dict()
+    assert torch.allclose(model.input_mean.flatten(), torch.tensor(models.CIFAR_MEAN))
+
+
+def test_unknown_architecture_names_the_known_ones():
+    from ppr_engine.errors import SpecError
+
+    with pytest.raises(SpecError, match="known: .*small_cnn"):
+        models.create("resnet9000")
