@@ -165,7 +165,8 @@ def _worst(values: list[float | None]) -> float | None:
 
 def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         progress: ProgressSink = _quiet, resolve_dataset=None, roots: list[Path] | None = None,
-        max_checkpoint_bytes: int | None = None) -> AuditOutcome:
+        max_checkpoint_bytes: int | None = None, checkpoint_name: str | None = None
+        ) -> AuditOutcome:
     """Run the audit `spec` on the checkpoint at `checkpoint`; never modifies it."""
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -181,7 +182,8 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
     bd = load_model(checkpoint, spec.model.arch, spec.model.num_classes, **load_kw).to(device)
     d, data_prov = _load_data(spec, resolve_dataset, roots, device)
     report.provenance = Provenance(
-        checkpoint_sha256=sha256_file(checkpoint), checkpoint_name=checkpoint.name,
+        checkpoint_sha256=sha256_file(checkpoint),
+        checkpoint_name=checkpoint_name or checkpoint.name,
         data=data_prov, spec=spec.model_dump(mode="json"), seed=spec.seed,
         engine_version=__version__, torch_version=torch.__version__, device=str(device),
         started_at=started)

@@ -92,9 +92,11 @@ def read_state_dict(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str,
         with torch.serialization.safe_globals(_NUMPY_ALLOW):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise CheckpointError(f"{path.name}: refused, it contains objects other than tensors "
-                              f"(weights-only loading): {first}") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or
+                 "Unsupported" in ln]
+        what = f": {lines[0][:200]}" if lines else ""
+        raise CheckpointError(f"{path.name}: refused, it holds pickled objects other than "
+                              f"tensors (checkpoints load weights-only){what}") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError,
             KeyError, IndexError) as exc:
         raise CheckpointError(f"{path.name}: unreadable checkpoint: {str(exc)[:300]}") from None

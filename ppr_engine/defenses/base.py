@@ -77,6 +77,7 @@ def purify(name: str, model: nn.Module, ctx: DefenseContext,
     entry = DEFENSES.get(name)
     parsed = params if isinstance(params, BaseModel) else entry.parse(params)
     work = copy.deepcopy(model).to(ctx.device)
+    torch.manual_seed(ctx.seed)  # initializations and noise: same seed, same result
     start = time.perf_counter()
     result = entry.obj(work, ctx, parsed)
     result.seconds = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """BTI-DBF(U): backdoor trigger inversion by decoupling benign features, then unlearning.
 
 (1) Pre-train a small UNet generator G to reproduce its input. (2) Each round: learn a
-mask m over the penultimate features separating benign features (m) from backdoor ones
+mask m over the last stage's feature map separating benign features (m) from backdoor ones
 (1 - m), minimizing CE(h(m*phi(x)), y) - CE(h((1-m)*phi(x)), y); train G so G(x) stays
 close to x in pixels and benign features while moving the backdoor features (falling back
 to pixel MSE when the bounds 0.3 / 3 are exceeded; from the second round also pulled to
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..data import DeviceLoader
-from ..models import features, head_of
+from ..models import architecture, head_of, submodule
 from ..train import fit, predict
 from .base import DEFENSES, DefenseContext, Purified, TuneParams, fingerprint, replace_share
 
@@ -79,26 +79,53 @@ class UNet(nn.Module):
         return torch.sigmoid(self.out(a2) + torch.logit(x.clamp(1e-3, 1 - 1e-3)))
 
 
+def _last_stage(model) -> nn.Module:
+    return submodule(model, architecture(model.arch_name).stages[-1])
+
+
 def _feat(model, x):
-    return features(model, x)[0]
+    """The last stage's feature map (before pooling), where BTI-DBF decouples features."""
+    out: list[torch.Tensor] = []
+    handle = _last_stage(model).register_forward_hook(lambda m, a, o: out.append(o))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return out[0]
+
+
+def _masked_logits(model, x, mask):
+    """Logits with the last stage's feature map multiplied by `mask` (the rest unchanged)."""
+    handle = _last_stage(model).register_forward_hook(lambda m, a, o: o * mask)
+    try:
+        return model(x)
+    finally:
+        handle.remove()
 
 
 def learn_feature_mask(model, loader: DeviceLoader, epochs: int, seed: int) -> torch.Tensor:
-    """Mask in [0, 1] over penultimate features: benign (m) versus backdoor (1 - m)."""
-    head = head_of(model)
+    """Mask in [0, 1] over the feature map: benign (m) versus backdoor (1 - m) features."""
+    x0, _ = next(iter(loader))
+    with torch.no_grad():
+        shape = _feat(model, x0[:1]).shape[1:]
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(head.in_features, generator=g).to(loader.device).requires_grad_(True)
+    logits = torch.randn(shape, generator=g).to(loader.device).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=0.01)
     model.eval()
-    for _ in range(epochs):
-        for x, y in loader:
-            with torch.no_grad():
-                f = _feat(model, x)
-            m = (torch.tanh(logits) + 1) / 2
-            loss = F.cross_entropy(head(m * f), y) - F.cross_entropy(head((1 - m) * f), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    try:
+        for _ in range(epochs):
+            for x, y in loader:
+                m = (torch.tanh(logits) + 1) / 2
+                loss = (F.cross_entropy(_masked_logits(model, x, m), y)
+                        - F.cross_entropy(_masked_logits(model, x, 1 - m), y))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        for q in model.parameters():
+            q.requires_grad_(True)
     return ((torch.tanh(logits) + 1) / 2).detach()
 
 
@@ -142,12 +169,14 @@ def invert(model: nn.Module, ctx: DefenseContext, p: InversionParams) -> dict:
     hist: list[float] = []
     for r in range(p.rounds):
         scratch.eval()
+        for q in scratch.parameters():
+            q.requires_grad_(False)
         mask = learn_feature_mask(scratch, loader, p.mask_epochs, ctx.seed + r)
         gen.train()
         for _ in range(p.gen_epochs):
             for x, _ in loader:
                 gx = gen(x)
-                f_clean, f_gen = _feat(ref, x), _feat(ref, gx)
+                f_clean, f_gen = _feat(scratch, x), _feat(scratch, gx)
                 benign = F.mse_loss(mask * f_clean, mask * f_gen)
                 backdoor = F.mse_loss((1 - mask) * f_clean, (1 - mask) * f_gen)
                 pixel = F.mse_loss(gx / std, x / std)  # normalized units, as the bounds
@@ -155,15 +184,18 @@ def invert(model: nn.Module, ctx: DefenseContext, p: InversionParams) -> dict:
                     loss = pixel
                 else:
                     loss = -backdoor + p.benign_weight * benign
-                if target is not None:
-                    loss = loss + F.cross_entropy(ref(gx), torch.full_like(
-                        torch.empty(len(x), dtype=torch.long, device=dev), target))
+                if target is not None:  # later rounds: what is left of the backdoor
+                    loss = loss + F.cross_entropy(scratch(gx), torch.full(
+                        (len(x),), target, dtype=torch.long, device=dev))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        target, hist = detect_target(ref, gen, ctx.clean, dev, ctx.seed + r)
+        if target is None:  # detected on the backdoored model itself
+            target, hist = detect_target(ref, gen, ctx.clean, dev, ctx.seed + r)
         ctx.progress(f"bti: round {r + 1}/{p.rounds}, detected target {target}",
                      (r + 1) / p.rounds)
+        for q in scratch.parameters():
+            q.requires_grad_(True)
         if p.round_unlearn_epochs and r + 1 < p.rounds:
             gen.eval()
             fit(scratch, ctx.clean, epochs=p.round_unlearn_epochs, lr=0.01, weight_decay=0,

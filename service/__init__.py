@@ -1,0 +1,1 @@
+"""ppr-audit's HTTP gateway (FastAPI): validates jobs, stores inputs, enqueues job ids."""

@@ -1,0 +1,67 @@
+"""The FastAPI application factory (settings injected, nothing read at import)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from ppr_engine import __version__
+
+from . import errors
+from .queue import Enqueuer
+from .routes import api_router, health, jobs
+from .settings import Settings, get_settings
+from .store.artifacts import ArtifactStore
+from .store.db import JobStore, migrate
+
+log = logging.getLogger("ppr.service")
+
+
+def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = None) -> FastAPI:
+    """Build the app: migrate the database, open the stores, mount the routers."""
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.db_url)
+    app = FastAPI(title="ppr-audit", version=__version__, description=(
+        "Post-purification robustness audits: does a backdoor defense remove the backdoor, "
+        "or only hide it? Submit a checkpoint and a spec; workers purify, attack (RA, QRA) "
+        "and trace the backdoor-connected path; fetch the report."))
+    app.state.settings = settings
+    app.state.store = JobStore(settings.db_url)
+    app.state.artifacts = ArtifactStore(settings.artifact_dir)
+    app.state.queue = queue or Enqueuer(settings)
+    if not settings.tokens:
+        log.warning("NO TOKENS CONFIGURED: local single-user mode, every caller is 'local'. "
+                    "Set PPR_TOKENS before exposing this service.")
+    errors.install(app)
+    app.include_router(api_router)
+    app.include_router(health.router)
+    # aliases of DESIGN.md: POST /audit and POST /purify?method=...
+    app.add_api_route("/audit", jobs.submit_audit, methods=["POST"], status_code=202,
+                      response_model=jobs.JobAccepted, operation_id="submit_audit_alias",
+                      openapi_extra=jobs.MULTIPART, tags=["jobs"], responses=jobs.ERRORS)
+    app.add_api_route("/purify", jobs.submit_purify, methods=["POST"], status_code=202,
+                      response_model=jobs.JobAccepted, operation_id="submit_purify_alias",
+                      openapi_extra=jobs.MULTIPART, tags=["jobs"], responses=jobs.ERRORS)
+    _publish_spec_schema(app)
+    return app
+
+
+def _publish_spec_schema(app: FastAPI) -> None:
+    """Add the AuditSpec schema to the OpenAPI components (the multipart field refers to
+    it), so generated clients and the committed spec carry the request schema."""
+    original = app.openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        spec = jobs.spec_schema()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        comps.update(spec.pop("$defs", {}))
+        comps["AuditSpec"] = spec
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -1,0 +1,57 @@
+"""`ppr serve`: the API, and in embedded mode a worker subprocess beside it.
+
+Embedded mode needs nothing installed: SQLite and a filesystem queue under the data
+directory. At start-up every queued job (and every running job whose worker died) is queued
+again, so a job submitted before a restart runs after it; claims are idempotent, so a job
+queued twice still runs once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Serve the ppr-audit API.")
+
+
+@app.command()
+def main(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    worker: Annotated[bool | None, typer.Option(help="start a worker subprocess (default: "
+                                                "yes in embedded mode)")] = None,
+) -> None:
+    """Run the API (and, embedded, a worker)."""
+    import uvicorn
+
+    from .app import create_app
+    from .settings import get_settings
+    from .store.db import JobStore
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    application = create_app(settings)
+    mode = "embedded (SQLite + filesystem queue)" if settings.embedded else "distributed"
+    typer.echo(f"ppr-audit: {mode}; data in {settings.data_dir.resolve()}; "
+               f"http://{host}:{port}/docs", err=True)
+    store = JobStore(settings.db_url)
+    for job_id in store.recoverable():
+        application.state.queue.enqueue(job_id)
+    child = None
+    if worker if worker is not None else settings.embedded:
+        child = subprocess.Popen([sys.executable, "-m", "ppr_cli.main", "worker"],
+                                 env={**os.environ, "PPR_DATA_DIR": str(settings.data_dir)})
+    try:
+        uvicorn.run(application, host=host, port=port, log_level="info")
+    finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()

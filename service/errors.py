@@ -1,0 +1,54 @@
+"""API errors: every refusal is a JSON body naming what is wrong, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ppr_engine.errors import InputError
+
+log = logging.getLogger("ppr.service")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a message for the caller."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+def body(status: int, message: str, kind: str) -> JSONResponse:
+    """The one error shape: {"error": {"status", "type", "message"}}."""
+    return JSONResponse({"error": {"status": status, "type": kind, "message": message}},
+                        status_code=status)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into the error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError):
+        return body(exc.status, exc.message, exc.kind)
+
+    @app.exception_handler(InputError)
+    async def _input(request: Request, exc: InputError):
+        return body(422, str(exc), type(exc).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        msg = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return body(422, msg, "validation_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return body(exc.status_code, str(exc.detail), "http_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return body(500, "internal error; the incident was logged", "internal_error")

@@ -1,0 +1,79 @@
+"""Datasets: upload an ImageFolder archive (validated as the engine validates it), list
+them; each is then referenced as `dataset:<id>` in specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from ppr_engine.data import validate_archive
+from ppr_engine.data.archive import ARCHIVE_SUFFIXES
+from ppr_engine.errors import DatasetError
+
+from ..deps import ArtifactsDep, Principal, SettingsDep, StoreDep
+from ..errors import ApiError
+from ..schemas import DatasetView, ErrorBody
+from ..store.db import new_id
+from ..uploads import read_form
+
+router = APIRouter(tags=["datasets"])
+ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 413, 415, 422)}
+UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["archive"], "properties": {
+        "archive": {"type": "string", "format": "binary",
+                    "description": ".tar, .tar.gz or .zip in ImageFolder layout "
+                                   "([split/]class/image)"},
+        "name": {"type": "string"}}}}}}}
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetView,
+             operation_id="upload_dataset", openapi_extra=UPLOAD, responses=ERRORS)
+async def upload_dataset(request: Request, principal: Principal, settings: SettingsDep,
+                         store: StoreDep, artifacts: ArtifactsDep) -> DatasetView:
+    """Upload a dataset archive; it is checked member by member before it is kept."""
+    form = await read_form(request, artifacts, "archive", settings.max_dataset_bytes)
+    upload = form.upload
+    if upload is None or upload.size == 0:
+        raise ApiError(422, "missing or empty file field 'archive'")
+    name = Path(form.filename).name
+    suffix = next((s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True)
+                   if name.lower().endswith(s)), None)
+    if suffix is None:
+        upload.abort()
+        raise ApiError(415, f"{name or 'archive'}: expected a .tar, .tar.gz, .tgz or .zip file")
+    staged = upload.path.with_name(upload.path.name + suffix)
+    upload.path.rename(staged)
+    upload.tmp = str(staged)
+    try:
+        files = await run_in_threadpool(validate_archive, staged)
+        if files == 0:
+            raise DatasetError(f"archive {name} holds no files")
+    except BaseException:
+        upload.abort()
+        raise
+    dataset_id = new_id()
+    key = f"datasets/{dataset_id}{suffix}"
+    upload.commit(key)
+    ds = store.add_dataset(id=dataset_id, principal=principal,
+                           name=form.fields.get("name") or name, key=key, sha256=upload.sha256,
+                           size=upload.size, files=files)
+    return DatasetView.of(ds)
+
+
+@router.get("/datasets", response_model=list[DatasetView], operation_id="list_datasets",
+            responses=ERRORS)
+def list_datasets(principal: Principal, store: StoreDep) -> list[DatasetView]:
+    """The caller's datasets."""
+    return [DatasetView.of(d) for d in store.list_datasets(principal)]
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetView, operation_id="get_dataset",
+            responses=ERRORS)
+def get_dataset(dataset_id: str, principal: Principal, store: StoreDep) -> DatasetView:
+    """One dataset."""
+    ds = store.get_dataset(dataset_id, principal)
+    if ds is None:
+        raise ApiError(404, f"no dataset {dataset_id}", "not_found")
+    return DatasetView.of(ds)

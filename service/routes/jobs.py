@@ -1,0 +1,139 @@
+"""Jobs: submit an audit or a purification, follow it, fetch its report and artifacts,
+cancel it, list them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, Response
+
+from ppr_engine.defenses import DEFENSES
+from ppr_engine.spec import AuditSpec
+
+from ..deps import ArtifactsDep, Principal, QueueDep, SettingsDep, StoreDep
+from ..errors import ApiError
+from ..schemas import ErrorBody, JobAccepted, JobPage, JobView
+from ..submit import accept
+
+router = APIRouter(tags=["jobs"])
+
+EXAMPLE_SPEC = {
+    "model": {"arch": "small_cnn", "num_classes": 10},
+    "data": {"clean": "synthetic:?n=1000&seed=2", "test": "synthetic:?n=1000&seed=1"},
+    "triggers": [{"attack": "badnets", "target": 0}],
+    "plan": {"methods": [{"name": "ft"}, {"name": "fst", "alpha": 0.1}, {"name": "ep"},
+                         {"name": "pam", "rho": 0.5}],
+             "retune": {"poison_num": 5, "clean_num": 995, "epochs": 5},
+             "qra": {"enabled": True}, "lmc": {"points": 11}},
+    "seed": 0,
+    "gate": ["pam.p_asr <= 0.2", "all.o_cacc >= 0.80"],
+}
+MULTIPART = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": ["checkpoint", "spec"], "properties": {
+        "checkpoint": {"type": "string", "format": "binary",
+                       "description": ".safetensors (preferred) or .pt/.pth/.bin, loaded "
+                                      "weights-only"},
+        "spec": {"type": "string", "description": "the AuditSpec as JSON "
+                 "(#/components/schemas/AuditSpec)", "example": EXAMPLE_SPEC}}},
+    "encoding": {"spec": {"contentType": "application/json"}}}}}}
+ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422)}
+
+
+def _accepted(job_id: str) -> JobAccepted:
+    return JobAccepted(id=job_id, state="queued", url=f"/v1/jobs/{job_id}")
+
+
+@router.post("/audits", status_code=202, response_model=JobAccepted, operation_id="submit_audit",
+             openapi_extra=MULTIPART, responses=ERRORS)
+async def submit_audit(request: Request, principal: Principal, settings: SettingsDep,
+                       store: StoreDep, artifacts: ArtifactsDep, queue: QueueDep) -> JobAccepted:
+    """Submit an audit: the checkpoint and the spec (multipart). Answers 202 with the job."""
+    return _accepted(await accept(request, kind="audit", method=None, principal=principal,
+                                  settings=settings, store=store, artifacts=artifacts,
+                                  queue=queue))
+
+
+@router.post("/purify", status_code=202, response_model=JobAccepted,
+             operation_id="submit_purify", openapi_extra=MULTIPART, responses=ERRORS)
+async def submit_purify(request: Request, principal: Principal, settings: SettingsDep,
+                        store: StoreDep, artifacts: ArtifactsDep, queue: QueueDep,
+                        method: str = Query(..., description="purification method, e.g. pam",
+                                            examples=["pam"])) -> JobAccepted:
+    """Submit a purification with one method; the result is a purified checkpoint (artifact
+    `purified.safetensors`) and a report with before/after metrics and, unless the spec
+    turns them off, RA, QRA and LMC."""
+    DEFENSES.get(method)  # unknown method: 422 naming the known ones
+    return _accepted(await accept(request, kind="purify", method=method, principal=principal,
+                                  settings=settings, store=store, artifacts=artifacts,
+                                  queue=queue))
+
+
+def _job(store, job_id: str, principal: str):
+    job = store.get(job_id, principal)
+    if job is None:
+        raise ApiError(404, f"no job {job_id}", "not_found")
+    return job
+
+
+@router.get("/jobs", response_model=JobPage, operation_id="list_jobs", responses=ERRORS)
+def list_jobs(principal: Principal, store: StoreDep,
+              state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None
+              = None, kind: Literal["audit", "purify"] | None = None,
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> JobPage:
+    """The caller's jobs, newest first, filtered by state and kind."""
+    rows, total = store.list(principal, state=state, kind=kind, limit=limit, offset=offset)
+    return JobPage(items=[JobView.of(j) for j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, operation_id="get_job", responses=ERRORS)
+def get_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
+    """A job's state, stage, progress, attempts, timings and links."""
+    return JobView.of(_job(store, job_id, principal))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobView, operation_id="cancel_job",
+               responses=ERRORS)
+def cancel_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
+    """Cancel a job: a queued job at once, a running one between two steps."""
+    job = store.request_cancel(job_id, principal)
+    if job is None:
+        raise ApiError(404, f"no job {job_id}", "not_found")
+    return JobView.of(job)
+
+
+MEDIA = {"json": "application/json", "md": "text/markdown; charset=utf-8",
+         "html": "text/html; charset=utf-8"}
+
+
+@router.get("/jobs/{job_id}/report", operation_id="get_report", responses={
+    200: {"content": {m: {} for m in MEDIA.values()}}, **ERRORS})
+def get_report(job_id: str, principal: Principal, store: StoreDep, artifacts: ArtifactsDep,
+               format: Literal["json", "md", "html"] = "json") -> Response:
+    """The report of a finished job as JSON, Markdown or self-contained HTML."""
+    job = _job(store, job_id, principal)
+    key = job.artifact_map().get(f"report.{format}")
+    if job.state != "succeeded" or key is None:
+        raise ApiError(409, f"job {job_id} is {job.state}; the report exists once it has "
+                       "succeeded" + (f" ({job.error})" if job.error else ""), "not_ready")
+    return Response(artifacts.path(key).read_bytes(), media_type=MEDIA[format])
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", operation_id="get_artifact", responses={
+    200: {"content": {"application/octet-stream": {}}}, **ERRORS})
+def get_artifact(job_id: str, name: str, principal: Principal, store: StoreDep,
+                 artifacts: ArtifactsDep) -> FileResponse:
+    """A job's artifact (e.g. `purified.safetensors`)."""
+    job = _job(store, job_id, principal)
+    key = job.artifact_map().get(name)
+    if key is None:
+        known = ", ".join(job.artifact_map()) or "none yet"
+        raise ApiError(404, f"job {job_id} has no artifact {name!r} (artifacts: {known})",
+                       "not_found")
+    return FileResponse(artifacts.path(key), filename=name,
+                        media_type="application/octet-stream")
+
+
+def spec_schema() -> dict:
+    """The AuditSpec JSON schema (published in the OpenAPI components)."""
+    return AuditSpec.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -1,0 +1,100 @@
+"""Response models of the API (the request schema is the engine's AuditSpec)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+from .store.db import Dataset, Job
+
+
+class Links(BaseModel):
+    """Where to find a job's parts."""
+
+    self: str
+    report: str
+    report_html: str
+    report_md: str
+    cancel: str
+    artifacts: dict[str, str] = Field(default_factory=dict)
+
+
+class JobView(BaseModel):
+    """A job's status."""
+
+    id: str
+    kind: str
+    state: str
+    stage: str
+    progress: float
+    message: str
+    attempts: int
+    error: str | None = None
+    error_kind: str | None = Field(None, description="'input' (the request was wrong) or "
+                                   "'system' (the service failed)")
+    cancel_requested: bool
+    checkpoint_name: str
+    checkpoint_sha256: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    updated_at: dt.datetime
+    links: Links
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        """The view of a job record."""
+        base = f"/v1/jobs/{job.id}"
+        return cls(
+            id=job.id, kind=job.kind, state=job.state, stage=job.stage, progress=job.progress,
+            message=job.message, attempts=job.attempts, error=job.error,
+            error_kind=job.error_kind, cancel_requested=job.cancel_requested,
+            checkpoint_name=job.checkpoint_name, checkpoint_sha256=job.checkpoint_sha256,
+            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            updated_at=job.updated_at,
+            links=Links(self=base, report=f"{base}/report", report_html=f"{base}/report?format="
+                        "html", report_md=f"{base}/report?format=md", cancel=base,
+                        artifacts={name: f"{base}/artifacts/{name}"
+                                   for name in job.artifact_map()}))
+
+
+class JobAccepted(BaseModel):
+    """The answer to a submission."""
+
+    id: str
+    state: str
+    url: str
+
+
+class JobPage(BaseModel):
+    """A page of jobs."""
+
+    items: list[JobView]
+    total: int
+    limit: int
+    offset: int
+
+
+class DatasetView(BaseModel):
+    """An uploaded dataset, usable as `dataset:<id>`."""
+
+    id: str
+    name: str
+    ref: str
+    sha256: str
+    size: int
+    files: int
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, ds: Dataset) -> DatasetView:
+        """The view of a dataset record."""
+        return cls(id=ds.id, name=ds.name, ref=f"dataset:{ds.id}", sha256=ds.sha256,
+                   size=ds.size, files=ds.files, created_at=ds.created_at)
+
+
+class ErrorBody(BaseModel):
+    """The shape of every error answer."""
+
+    error: dict[str, object]

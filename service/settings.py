@@ -1,0 +1,92 @@
+"""Service settings: one pydantic-settings class, environment prefix PPR_.
+
+Injected through `get_settings()` (tests override it), never read at import. With no
+broker and no database configured the service runs embedded: SQLite and a filesystem
+queue under the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the gateway and the workers need to agree on."""
+
+    model_config = SettingsConfigDict(env_prefix="PPR_", extra="ignore")
+
+    data_dir: Path = Field(Path(".ppr"), description="root of embedded-mode state")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in "
+                                     "data_dir")
+    broker_url: str | None = Field(None, description="Celery broker; default a filesystem "
+                                   "queue in data_dir (embedded)")
+    artifacts: Path | None = Field(None, description="artifact directory; default "
+                                   "data_dir/artifacts")
+    tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> "
+                                   "principal; empty: local single-user mode")
+    data_roots: list[Path] = Field(default_factory=list, description="server paths that data "
+                                   "references may name")
+    max_upload_bytes: int = Field(2 << 30, description="checkpoint upload limit")
+    max_dataset_bytes: int = Field(4 << 30, description="dataset archive upload limit")
+    job_time_limit_s: int = Field(6 * 3600, description="hard limit of one job")
+    lease_s: float = Field(60.0, description="a running job's lease, renewed by progress")
+    progress_interval_s: float = Field(1.0, description="throttle of progress writes")
+    queue: str = "ppr"
+    device: str | None = Field(None, description="torch device of a worker")
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, v):
+        """Accept JSON ({"token": "principal"}) or `principal:token,principal:token`."""
+        if isinstance(v, str):
+            v = v.strip()
+            if not v:
+                return {}
+            if v.startswith("{"):
+                return json.loads(v)
+            pairs = [p.split(":", 1) for p in v.split(",") if p.strip()]
+            return {tok.strip(): who.strip() for who, tok in pairs}
+        return v
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'jobs.db').resolve()}"
+
+    @property
+    def artifact_dir(self) -> Path:
+        """The artifact directory in force."""
+        return (self.artifacts or self.data_dir / "artifacts").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external broker is configured."""
+        return not self.broker_url or self.broker_url.startswith("filesystem")
+
+    @property
+    def broker(self) -> str:
+        """The broker URL in force."""
+        return self.broker_url or "filesystem://"
+
+    def broker_options(self) -> dict:
+        """Transport options: folders for the filesystem queue, a visibility timeout above
+        the longest job for Redis (or a long job is delivered twice)."""
+        if self.embedded:
+            folder = (self.data_dir / "queue").resolve()
+            for sub in ("out", "processed"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            return {"data_folder_in": str(folder / "out"), "data_folder_out": str(
+                folder / "out"), "data_folder_processed": str(folder / "processed"),
+                "store_processed": True}
+        return {"visibility_timeout": self.job_time_limit_s + 600}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings (cached; tests build their own Settings instead)."""
+    return Settings()

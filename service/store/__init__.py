@@ -1,0 +1,1 @@
+"""Durable stores: job records (SQLAlchemy) and artifacts (a local directory)."""

@@ -1,0 +1,316 @@
+"""Job records: SQLAlchemy models and the operations the API and the workers need.
+
+SQLite by default, PostgreSQL by URL; the schema is created by Alembic migrations
+(`migrate`). State changes are single conditional UPDATEs, so two workers can never both
+own a job: a worker claims a job only if it is queued, or running with an expired lease
+(its worker died). A finished job is never claimed again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def now() -> dt.datetime:
+    """The current UTC time (naive, as stored)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the job store."""
+
+
+class Job(Base):
+    """One audit or purification job."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    stage: Mapped[str] = mapped_column(String(128), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    spec: Mapped[str] = mapped_column(Text)
+    checkpoint_name: Mapped[str] = mapped_column(String(255), default="")
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), default="")
+    checkpoint_key: Mapped[str] = mapped_column(String(255), default="")
+    artifacts: Mapped[str] = mapped_column(Text, default="{}")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
+    completions: Mapped[int] = mapped_column(Integer, default=0)
+
+    def artifact_map(self) -> dict[str, str]:
+        """Artifact name -> store key."""
+        return json.loads(self.artifacts or "{}")
+
+
+class Dataset(Base):
+    """An uploaded, validated dataset archive."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
+
+
+class Worker(Base):
+    """A worker's heartbeat (readiness: at least one worker seen recently)."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    device: Mapped[str] = mapped_column(String(64), default="")
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url` (SQLite gets a busy timeout and its folder created)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(url: str) -> None:
+    """Bring the schema at `url` to the latest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent.parent
+                                               / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+class JobStore:
+    """The operations on job, dataset and worker records."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        """A new session (use as a context manager)."""
+        return self.sessions()
+
+    # -- jobs ------------------------------------------------------------------------------
+    def create_job(self, *, job_id: str, principal: str, kind: str, spec: dict[str, Any],
+                   checkpoint_name: str, checkpoint_sha256: str, checkpoint_key: str) -> Job:
+        """Insert a queued job (its inputs are already stored)."""
+        job = Job(id=job_id, principal=principal, kind=kind, state="queued",
+                  spec=json.dumps(spec), checkpoint_name=checkpoint_name,
+                  checkpoint_sha256=checkpoint_sha256, checkpoint_key=checkpoint_key,
+                  created_at=now(), updated_at=now())
+        with self.session() as s, s.begin():
+            s.add(job)
+        return job
+
+    def get(self, job_id: str, principal: str | None = None) -> Job | None:
+        """The job `job_id` (only if it belongs to `principal`, when given)."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or (principal is not None and job.principal != principal):
+                return None
+            return job
+
+    def list(self, principal: str, *, state: str | None = None, kind: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+        """A page of the principal's jobs, newest first, and the total count."""
+        q = select(Job).where(Job.principal == principal)
+        if state:
+            q = q.where(Job.state == state)
+        if kind:
+            q = q.where(Job.kind == kind)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+            rows = s.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit)
+                             .offset(offset)).all()
+            return list(rows), int(total)
+
+    def claim(self, job_id: str, worker: str, lease_s: float) -> str:
+        """Take the job for `worker`: 'claimed', 'finished', 'busy' (leased by a live
+        worker), 'cancelled' or 'missing'."""
+        t = now()
+        lease = t + dt.timedelta(seconds=lease_s)
+        with self.session() as s, s.begin():
+            res = s.execute(update(Job).where(
+                Job.id == job_id, Job.cancel_requested.is_(False),
+                or_(Job.state == "queued",
+                    (Job.state == "running") & (or_(Job.lease_until.is_(None),
+                                                    Job.lease_until < t)))
+            ).values(state="running", worker=worker, lease_until=lease,
+                     attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, t),
+                     updated_at=t, stage="starting", error=None, error_kind=None))
+            if res.rowcount == 1:
+                return "claimed"
+            job = s.get(Job, job_id)
+            if job is None:
+                return "missing"
+            if job.state in FINAL:
+                return "finished"
+            if job.cancel_requested:
+                s.execute(update(Job).where(Job.id == job_id, Job.state.in_(
+                    ("queued", "running"))).values(state="cancelled", finished_at=t,
+                                                   updated_at=t))
+                return "cancelled"
+            return "busy"
+
+    def heartbeat(self, job_id: str, worker: str, lease_s: float, *, stage: str,
+                  progress: float, message: str) -> bool:
+        """Record progress and renew the lease; returns True if cancel was requested."""
+        t = now()
+        with self.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id, Job.worker == worker,
+                                        Job.state == "running").values(
+                stage=stage[:128], progress=progress, message=message[:2000],
+                lease_until=t + dt.timedelta(seconds=lease_s), updated_at=t))
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def finish(self, job_id: str, worker: str, state: str, *, error: str | None = None,
+               error_kind: str | None = None, artifacts: dict[str, str] | None = None) -> bool:
+        """Mark the job final, only if this worker still owns it; True if it did."""
+        t = now()
+        values: dict[str, Any] = {"state": state, "finished_at": t, "updated_at": t,
+                                  "error": error, "error_kind": error_kind,
+                                  "lease_until": None}
+        if state == "succeeded":
+            values.update(progress=1.0, stage="done", completions=Job.completions + 1)
+        if artifacts is not None:
+            values["artifacts"] = json.dumps(artifacts)
+        with self.session() as s, s.begin():
+            res = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker,
+                                              Job.state == "running").values(**values))
+            return res.rowcount == 1
+
+    def requeue(self, job_id: str, worker: str, error: str) -> None:
+        """Give a running job back to the queue after a system error (it will be retried)."""
+        with self.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id, Job.worker == worker,
+                                        Job.state == "running").values(
+                state="queued", lease_until=None, error=error, error_kind="system",
+                updated_at=now()))
+
+    def request_cancel(self, job_id: str, principal: str) -> Job | None:
+        """Ask for cancellation: a queued job is cancelled at once, a running one between
+        two steps."""
+        t = now()
+        with self.session() as s, s.begin():
+            job = s.get(Job, job_id)
+            if job is None or job.principal != principal:
+                return None
+            if job.state in FINAL:
+                return job
+            job.cancel_requested = True
+            job.updated_at = t
+            if job.state == "queued":
+                job.state, job.finished_at = "cancelled", t
+        return self.get(job_id)
+
+    def recoverable(self) -> list[str]:
+        """Jobs to (re-)enqueue at start-up: queued ones and running ones whose lease ran
+        out (their worker died)."""
+        t = now()
+        with self.session() as s:
+            return list(s.scalars(select(Job.id).where(or_(
+                Job.state == "queued",
+                (Job.state == "running") & (Job.lease_until < t)))).all())
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs by state."""
+        with self.session() as s:
+            rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+        out = dict.fromkeys(STATES, 0)
+        out.update({k: int(v) for k, v in rows})
+        return out
+
+    def durations(self) -> list[float]:
+        """Wall times (seconds) of finished jobs."""
+        with self.session() as s:
+            rows = s.execute(select(Job.started_at, Job.finished_at).where(
+                Job.state.in_(FINAL), Job.started_at.is_not(None))).all()
+        return [(b - a).total_seconds() for a, b in rows if a and b]
+
+    # -- datasets --------------------------------------------------------------------------
+    def add_dataset(self, **fields: Any) -> Dataset:
+        """Insert a dataset record."""
+        ds = Dataset(created_at=now(), **fields)
+        with self.session() as s, s.begin():
+            s.add(ds)
+        return ds
+
+    def get_dataset(self, dataset_id: str, principal: str) -> Dataset | None:
+        """The principal's dataset `dataset_id`."""
+        with self.session() as s:
+            ds = s.get(Dataset, dataset_id)
+            return ds if ds is not None and ds.principal == principal else None
+
+    def list_datasets(self, principal: str) -> list[Dataset]:
+        """The principal's datasets, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Dataset).where(Dataset.principal == principal)
+                                  .order_by(Dataset.created_at.desc())).all())
+
+    # -- workers ---------------------------------------------------------------------------
+    def worker_seen(self, worker_id: str, device: str) -> None:
+        """Record a worker heartbeat."""
+        with self.session() as s, s.begin():
+            w = s.get(Worker, worker_id)
+            if w is None:
+                s.add(Worker(id=worker_id, device=device, last_seen=now()))
+            else:
+                w.last_seen, w.device = now(), device
+
+    def live_workers(self, within_s: float = 30.0) -> int:
+        """Workers seen in the last `within_s` seconds."""
+        t = now() - dt.timedelta(seconds=within_s)
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Worker).where(
+                Worker.last_seen >= t)) or 0)
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.session() as s:
+            s.execute(select(1))
+
+
+def new_id() -> str:
+    """A fresh job or dataset id."""
+    return str(uuid.uuid4())

@@ -1,0 +1,229 @@
+"""Purification methods: every registered method on a BadNets small net, and unit tests of
+the mechanisms that define FST, PAM, EP and BTI-DBF."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ppr_engine import attacks, data, metrics, models
+from ppr_engine.defenses import DEFENSES, DefenseContext, purify
+from ppr_engine.defenses.bti import InversionParams, invert
+from ppr_engine.defenses.fst import fst_penalty
+from ppr_engine.defenses.pam import PAMStep, path_shift
+
+SMALL_INVERSION = {"rounds": 2, "pretrain_epochs": 5, "mask_epochs": 5, "gen_epochs": 10,
+                   "round_unlearn_epochs": 1}
+# Test budgets: the reference epochs scaled to a 900-image clean set and a 4-MMAC net;
+# augmentation off as in the fixtures' training. Each entry: (params, removes backdoor?).
+CASES = {
+    "ft": ({"epochs": 10, "augment": False}, False),
+    "lp": ({"epochs": 10, "augment": False}, False),
+    "ft_init": ({"epochs": 10, "augment": False}, False),
+    "fe_tuning": ({"epochs": 10, "lr": 0.05, "augment": False}, True),
+    "fst": ({"epochs": 10, "augment": False}, True),
+    "fp": ({"epochs": 10, "augment": False}, True),
+    "nad": ({"epochs": 20, "teacher_epochs": 10, "augment": False, "lr": 0.02}, False),
+    "anp": ({"iterations": 400}, False),
+    "ibau": ({"rounds": 10, "lr": 1e-3}, False),
+    "ft_sam": ({"epochs": 20, "augment": False, "lr": 0.02}, True),
+    "bti_dbf": ({"epochs": 10, "augment": False, "inversion": SMALL_INVERSION}, True),
+    "ep": ({"epochs": 10, "augment": False}, True),
+    "pam": ({"epochs": 10, "augment": False, "rho": 0.2, "data": "trigger"}, True),
+}
+# Why some methods are not expected to remove this backdoor here:
+# - ft, ft_init: plain fine-tuning on 900 clean images keeps the BadNets shortcut; METHODS.md
+#   §4 records the same for FT on a small CPU setting. The test checks only C-Acc for them.
+# - lp: the extractor is frozen, so the trigger feature stays and the new head learns to use
+#   it again: ASR must stay high (this is the superficial-safety case the audit must catch).
+# - ibau: at 10 rounds x 8 Adam steps (lr 1e-3) ASR falls (0.99 -> about 0.45) but not below
+#   0.2; a larger learning rate removes it and costs more than 0.10 C-Acc (measured 0.65).
+# - nad: distillation lowers ASR (measured 0.99 -> 0.23 to 0.51 across seeds) but not
+#   reliably below 0.2 at this budget; the test requires a drop of at least 0.3.
+# - anp: on this 4-stage net the learned masks do not single out the trigger neurons
+#   (measured ASR 0.99 -> 0.81 at 400 and 800 iterations, eps 0.4 and 0.6); the pruning
+#   threshold is chosen on validation accuracy only, so the test checks C-Acc and that the
+#   chosen threshold keeps validation accuracy within acc_ratio.
+
+
+@pytest.fixture(scope="module")
+def ctx(defender_set, badnets, device):
+    train, val = data.train_val(defender_set, 0.1, seed=0)
+    return DefenseContext(train.to(device), val.to(device), device, seed=0, triggers=[badnets])
+
+
+def test_every_method_is_covered():
+    assert sorted(CASES) == sorted(DEFENSES.names())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_method_keeps_accuracy_and_removes_when_meant_to(name, ctx, backdoored, test_set,
+                                                         triggered):
+    params, removes = CASES[name]
+    before = {k: v.clone() for k, v in backdoored.state_dict().items()}
+    acc0 = metrics.clean_accuracy(backdoored, test_set)
+    asr0 = metrics.attack_success_rate(backdoored, triggered, 0)
+    out = purify(name, backdoored, ctx, params)
+    acc = metrics.clean_accuracy(out.model, test_set)
+    asr = metrics.attack_success_rate(out.model, triggered, 0)
+    assert acc >= acc0 - 0.10, f"{name}: C-Acc {acc0:.3f} -> {acc:.3f}"
+    if removes:
+        assert asr < 0.20, f"{name}: ASR {asr0:.3f} -> {asr:.3f}"
+    elif name == "lp":
+        assert asr >= 0.5, f"lp is expected to keep the backdoor features: ASR {asr:.3f}"
+    elif name == "ibau":
+        assert asr < asr0 - 0.2, f"ibau should at least lower ASR: {asr0:.3f} -> {asr:.3f}"
+    elif name == "nad":
+        assert asr < asr0 - 0.3, f"nad should at least lower ASR: {asr0:.3f} -> {asr:.3f}"
+    elif name == "anp":
+        chosen = [t for t in out.record["trace"] if t["threshold"] == out.record["threshold"]]
+        acc_val0 = out.record["trace"][0]["val_acc"]
+        assert chosen and chosen[0]["val_acc"] >= acc_val0 * 0.9
+    for k, v in backdoored.state_dict().items():  # the input model is never modified
+        assert torch.equal(v, before[k]), f"{name} modified the input model ({k})"
+    assert out.seconds > 0 and "val_acc" in out.record
+
+
+def test_fst_projects_the_head_norm_after_every_step_and_penalizes_the_weight_only(
+        ctx, backdoored):
+    w_ori = models.head_of(backdoored).weight.detach().clone()
+    norms, bias_grads = [], []
+    from ppr_engine import train as train_mod
+
+    real_fit = train_mod.fit
+
+    def spy_fit(model, ds, **kw):
+        head = models.head_of(model)
+        after = kw["after_step"]
+
+        def checked():
+            after()
+            norms.append(float(head.weight.norm()))
+        loss = kw["loss_fn"]
+
+        def loss_fn(m, x, y):
+            value = loss(m, x, y)
+            pen = value - F.cross_entropy(m(x), y)
+            (g,) = torch.autograd.grad(pen, head.bias, retain_graph=True, allow_unused=True)
+            bias_grads.append(g)
+            return value
+        kw.update(after_step=checked, loss_fn=loss_fn, epochs=2)
+        return real_fit(model, ds, **kw)
+
+    import ppr_engine.defenses.fst as fst_mod
+
+    fst_mod.fit, saved = spy_fit, fst_mod.fit
+    try:
+        purify("fst", backdoored, ctx, {"epochs": 2, "augment": False})
+    finally:
+        fst_mod.fit = saved
+    assert len(norms) == 2 * 8  # every step of 2 epochs x 8 batches
+    assert all(abs(n - float(w_ori.norm())) < 1e-4 for n in norms)
+    assert all(g is None or float(g.abs().max()) < 1e-6 for g in bias_grads)
+    w = torch.randn_like(w_ori)
+    assert fst_penalty(w, w_ori) == pytest.approx(float((w * w_ori).sum()), rel=1e-5)
+
+
+def test_pam_gradient_is_taken_at_the_shifted_point_and_applied_at_theta(backdoored, device):
+    model = copy.deepcopy(backdoored).to(device).train()
+    reference = copy.deepcopy(backdoored).to(device)
+    with torch.no_grad():  # move theta away from theta_bd
+        for q in model.parameters():
+            q.add_(0.01 * torch.randn_like(q))
+    rho = 0.5
+    step = PAMStep(model, reference, rho, device)
+    theta = [q.detach().clone() for q in step.params]
+    d = [r - t for r, t in zip(step.reference, theta, strict=True)]
+    norm = torch.sqrt(sum((x ** 2).sum() for x in d))
+    expected_shift = [rho * x / norm for x in d]
+    for got, exp in zip(path_shift(step.params, step.reference, rho), expected_shift,
+                        strict=True):
+        assert torch.allclose(got, exp, atol=1e-7)
+    shifted_norm = torch.sqrt(sum((s ** 2).sum() for s in expected_shift))
+    assert float(shifted_norm) == pytest.approx(rho, rel=1e-5)
+
+    x = torch.rand(16, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (16,), device=device)
+    seen = {}
+
+    def loss_fn(m, xb, yb):
+        seen["params"] = [q.detach().clone() for q in step.params]
+        seen["bn"] = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+        return F.cross_entropy(m(xb), yb)
+
+    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    lr = 0.1
+    opt = torch.optim.SGD(step.params, lr=lr)
+    step(model, x, y, opt, loss_fn)
+    for p_seen, t, s in zip(seen["params"], theta, expected_shift, strict=True):
+        assert torch.allclose(p_seen, t + s, atol=1e-6)  # loss evaluated at theta + shift
+    for k, v in seen["bn"].items():  # the shift moves parameters only, not BN statistics
+        assert torch.equal(v, bn_before[k])
+    # the gradient at the shifted point, applied at theta: theta' = theta - lr * g(theta~)
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        for q, t, s in zip([q for q in probe.parameters() if q.requires_grad], theta,
+                           expected_shift, strict=True):
+            q.copy_(t + s)
+    probe.load_state_dict({**probe.state_dict(), **bn_before})
+    g = torch.autograd.grad(F.cross_entropy(probe(x), y), list(probe.parameters()))
+    for q, t, gq in zip(step.params, theta, g, strict=True):
+        assert torch.allclose(q.detach(), t - lr * gq, atol=1e-5)
+
+
+def test_pam_first_step_is_plain_sgd(backdoored, device):
+    model = copy.deepcopy(backdoored).to(device)
+    step = PAMStep(model, backdoored, 0.5, device)
+    assert all(float(s.abs().max()) == 0 for s in path_shift(step.params, step.reference, 0.5))
+
+
+def test_ep_unlearning_samples_carry_true_labels(ctx, backdoored):
+    from ppr_engine.defenses import base
+
+    seen = []
+    real = base.replace_share
+
+    def spy(fn, ratio):
+        transform = real(fn, ratio)
+
+        def wrapped(x, y):
+            x2, y2 = transform(x, y)
+            seen.append((x, y, x2, y2))
+            return x2, y2
+        return wrapped
+
+    import ppr_engine.defenses.ep as ep_mod
+
+    ep_mod.replace_share, saved = spy, ep_mod.replace_share
+    try:
+        purify("ep", backdoored, ctx, {"epochs": 1, "augment": False})
+    finally:
+        ep_mod.replace_share = saved
+    x, y, x2, y2 = seen[0]
+    k = int(round(0.2 * len(x)))
+    assert torch.equal(y2, y)  # labels unchanged: the true ones
+    assert (x2[:k, :, 29:32, 29:32] == 1).all()  # the first 20% carry the trigger
+    assert torch.equal(x2[k:], x[k:])
+
+
+def test_ep_without_a_trigger_is_refused(defender_set, backdoored, device):
+    from ppr_engine.errors import SpecError
+
+    train, val = data.train_val(defender_set, 0.1, seed=0)
+    bare = DefenseContext(train, val, device)
+    with pytest.raises(SpecError, match="ep needs the trigger"):
+        purify("ep", backdoored, bare, {"epochs": 1})
+
+
+def test_bti_dbf_detects_the_true_target(ctx, backdoored):
+    inv = invert(copy.deepcopy(backdoored), ctx, InversionParams(**SMALL_INVERSION))
+    assert inv["target"] == 0, f"detected {inv['target']}, histogram {inv['histogram']}"
+
+
+def test_unknown_parameters_are_refused():
+    from ppr_engine.errors import SpecError
+
+    with pytest.raises(SpecError, match="pam: invalid parameters: roh"):
+        DEFENSES.get("pam").parse({"roh": 0.5})
+    assert attacks.ATTACKS.get("badnets").parse({}).size == 3

@@ -1,0 +1,94 @@
+"""Mechanisms of the post-purification attacks: RA's data and budget, QRA's bound and
+regularizer, LMC's end points."""
+
+import copy
+
+import pytest
+import torch
+
+from ppr_engine import metrics
+from ppr_engine.ppr.lmc import interpolate, lambda50, trace_path
+from ppr_engine.ppr.qra import PerturbationGenerator, qra_training_set, train_qra
+from ppr_engine.ppr.retune import build_retune_set, retune
+from ppr_engine.spec import QRASpec, RetuneSpec
+
+
+def test_retune_set_has_exactly_the_configured_samples(defender_set, badnets):
+    rs = build_retune_set(defender_set, badnets, poison_num=5, clean_num=95, seed=1000)
+    assert len(rs.data) == 100 and int(rs.poisoned.sum()) == 5
+    poisoned = rs.data.subset(torch.nonzero(rs.poisoned).flatten())
+    assert (poisoned.y == 0).all()  # relabelled to the target
+    assert (defender_set.y[rs.source_index[rs.poisoned]] != 0).all()  # from non-target images
+    assert (poisoned.x[:, :, 29:32, 29:32] == 255).all()  # carry the trigger
+    assert len(set(rs.source_index.tolist())) == 100  # no image twice
+    again = build_retune_set(defender_set, badnets, 5, 95, seed=1000)
+    assert torch.equal(again.data.x, rs.data.x)  # clean augmentation is frozen (seeded)
+    other = build_retune_set(defender_set, badnets, 5, 95, seed=1001)
+    assert not torch.equal(other.source_index, rs.source_index)  # RA's own seed matters
+
+
+def test_retune_runs_within_its_budget_and_leaves_the_input_alone(defender_set, badnets,
+                                                                  backdoored, device):
+    rs = build_retune_set(defender_set, badnets, 5, 95, seed=1000)
+    spec = RetuneSpec(epochs=3, batch_size=32)
+    model = copy.deepcopy(backdoored)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    model.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]) if m.training
+                                else None)
+    attacked = retune(model, rs, spec, device=device)  # the hook travels with the copy
+    assert attacked is not model
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    # every sample once per epoch, in batches of at most 32, for exactly 3 epochs
+    assert sum(seen) == 3 * 100 and max(seen) <= 32 and len(seen) == 3 * 4
+
+
+def test_qra_perturbation_is_bounded_by_eps():
+    gen = PerturbationGenerator((3, 32, 32), hidden=32, eps=16 / 255)
+    with torch.no_grad():
+        for q in gen.parameters():
+            q.mul_(50)  # saturate
+        x = torch.rand(8, 3, 32, 32)
+        assert float(gen.delta(x).abs().max()) <= 16 / 255 + 1e-7
+        out = gen(x)
+        assert 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_qra_regularizer_uses_the_reference_model(defender_set, badnets, backdoored,
+                                                  clean_model, device):
+    spec = QRASpec(epochs=2, hidden=64, clean_num=100, poison_num=100)
+    ds = qra_training_set(defender_set, badnets, spec, seed=0)
+    assert len(ds) == 200 and int((ds.x[:, :, 29:32, 29:32] == 255).all(1).all(1).all(1)
+                                  .sum()) >= 100
+    calls = {"ref": 0}
+    ref = copy.deepcopy(clean_model)
+    ref.register_forward_hook(lambda m, a, o: calls.__setitem__("ref", calls["ref"] + 1))
+    g1 = train_qra(backdoored, backdoored, ref, ds, spec, device=device, seed=0)
+    assert calls["ref"] == 2 * 2  # one CE term per batch: 2 epochs x 2 batches
+    g2 = train_qra(backdoored, backdoored, copy.deepcopy(backdoored), ds, spec, device=device,
+                   seed=0)
+    diff = sum(float((a - b).abs().sum()) for a, b in zip(g1.parameters(), g2.parameters(),
+                                                          strict=True))
+    assert diff > 0  # another reference model, another generator
+    assert all(q.requires_grad for q in backdoored.parameters())  # models restored
+
+
+def test_lmc_end_points_reproduce_the_two_models(backdoored, clean_model, defender_set,
+                                                 test_set, triggered, device):
+    path = trace_path(clean_model, backdoored, defender_set, test_set, triggered, 0, points=3,
+                      bn="interpolate", device=device)
+    assert [p.lam for p in path] == [0.0, 0.5, 1.0]
+    assert path[0].c_acc == metrics.clean_accuracy(clean_model, test_set)
+    assert path[0].asr == metrics.attack_success_rate(clean_model, triggered, 0)
+    assert path[-1].c_acc == metrics.clean_accuracy(backdoored, test_set)
+    assert path[-1].asr == metrics.attack_success_rate(backdoored, triggered, 0)
+    mid = interpolate(clean_model, backdoored, 0.5, buffers=True)
+    k = "linear.weight"
+    assert torch.allclose(mid.state_dict()[k], (clean_model.state_dict()[k]
+                                                + backdoored.state_dict()[k]) / 2)
+    rec = trace_path(clean_model, backdoored, defender_set, test_set, triggered, 0, points=2,
+                     bn="recompute", device=device)
+    assert rec[0].asr == pytest.approx(path[0].asr, abs=0.05)
+    assert rec[-1].asr == pytest.approx(path[-1].asr, abs=0.05)
+    assert lambda50(path) == next(p.lam for p in path if p.asr > 0.5)

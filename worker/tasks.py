@@ -1,0 +1,59 @@
+"""The Celery task: a thin wrapper around `worker.runner.run_job`."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+
+from service.queue import TASK_NAME, make_celery
+from service.settings import Settings, get_settings
+from service.store.artifacts import ArtifactStore
+from service.store.db import JobStore, migrate
+
+from .runner import Busy, Retry, run_job
+
+MAX_RETRIES = 2
+
+
+def worker_id() -> str:
+    """hostname:pid, unique among live workers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build(settings: Settings | None = None) -> Celery:
+    """The worker's Celery app with the job task registered."""
+    settings = settings or get_settings()
+    migrate(settings.db_url)
+    app = make_celery(settings)
+    state: dict = {}
+
+    def stores() -> tuple[JobStore, ArtifactStore]:
+        if "store" not in state:  # opened in the worker process, after any fork
+            state["store"] = JobStore(settings.db_url)
+            state["artifacts"] = ArtifactStore(settings.artifact_dir)
+        return state["store"], state["artifacts"]
+
+    @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True,
+              reject_on_worker_lost=True)
+    def run(self, job_id: str) -> str:
+        store, artifacts = stores()
+        try:
+            out = run_job(job_id, settings=settings, store=store, artifacts=artifacts,
+                          worker=worker_id(), final_attempt=self.request.retries >= MAX_RETRIES)
+        except Busy:
+            raise self.retry(countdown=max(5, int(settings.lease_s)), max_retries=None) from None
+        except Retry as exc:
+            raise self.retry(countdown=10 * (self.request.retries + 1),
+                             max_retries=MAX_RETRIES) from exc
+        except SoftTimeLimitExceeded:
+            store.finish(job_id, worker_id(), "failed", error="time limit exceeded",
+                         error_kind="system")
+            return "failed"
+        return out.status
+
+    app.conf.ppr_settings = settings
+    app.conf.ppr_stores = stores
+    return app
