@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -27,7 +28,7 @@ class Settings(BaseSettings):
                                    "queue in data_dir (embedded)")
     artifacts: Path | None = Field(None, description="artifact directory; default "
                                    "data_dir/artifacts")
-    tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> "
+    tokens: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, description="bearer token -> "
                                    "principal; empty: local single-user mode")
     data_roots: list[Path] = Field(default_factory=list, description="server paths that data "
                                    "references may name")
@@ -36,6 +37,8 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(6 * 3600, description="hard limit of one job")
     lease_s: float = Field(60.0, description="a running job's lease, renewed by progress")
     progress_interval_s: float = Field(1.0, description="throttle of progress writes")
+    visibility_timeout_s: int | None = Field(None, description="Redis redelivery delay of an "
+                                             "unacknowledged job; default job limit + 10 min")
     queue: str = "ppr"
     device: str | None = Field(None, description="torch device of a worker")
 
@@ -83,7 +86,7 @@ class Settings(BaseSettings):
             return {"data_folder_in": str(folder / "out"), "data_folder_out": str(
                 folder / "out"), "data_folder_processed": str(folder / "processed"),
                 "store_processed": True}
-        return {"visibility_timeout": self.job_time_limit_s + 600}
+        return {"visibility_timeout": self.visibility_timeout_s or self.job_time_limit_s + 600}
 
 
 @lru_cache
