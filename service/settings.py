@@ -28,8 +28,9 @@ class Settings(BaseSettings):
                                    "queue in data_dir (embedded)")
     artifacts: Path | None = Field(None, description="artifact directory; default "
                                    "data_dir/artifacts")
-    tokens: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, description="bearer token -> "
-                                   "principal; empty: local single-user mode")
+    tokens: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="bearer token -> principal; empty: local "
+        "single-user mode")
     data_roots: list[Path] = Field(default_factory=list, description="server paths that data "
                                    "references may name")
     max_upload_bytes: int = Field(2 << 30, description="checkpoint upload limit")
