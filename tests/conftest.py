@@ -67,3 +67,13 @@ def clean_model(train_set, device):
 @pytest.fixture(scope="session")
 def triggered(test_set, badnets):
     return attacks.triggered_test(test_set, badnets)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+    """An untrained small_cnn checkpoint (enough for validation and fast jobs)."""
+    from ppr_engine.checkpoint import save_model
+
+    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
+    save_model(models.create("small_cnn", 10), path)
+    return path

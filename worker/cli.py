@@ -40,6 +40,10 @@ def main(
     """Consume jobs until stopped."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    import logging
+
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s %(levelname)s "
+                        "%(name)s] %(message)s")
     from service.settings import get_settings
 
     from .tasks import build, worker_id

@@ -62,6 +62,7 @@ def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: Arti
             worker: str, final_attempt: bool = True) -> Outcome:
     """Process one delivery of `job_id`."""
     claim = store.claim(job_id, worker, settings.lease_s)
+    log.info("job %s: claim by %s -> %s", job_id, worker, claim)
     if claim in ("finished", "missing", "cancelled"):
         log.info("job %s: %s, nothing to do", job_id, claim)
         return Outcome("skipped")
@@ -95,6 +96,7 @@ def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: Arti
             return Outcome("failed")
         store.requeue(job_id, worker, msg)
         raise Retry(msg) from exc
+    log.info("job %s: outputs saved, marking succeeded", job_id)
     if not store.finish(job_id, worker, "succeeded", artifacts=saved):
         log.warning("job %s: lost the lease before finishing; another worker owns it", job_id)
         return Outcome("skipped")

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ppr_engine import models
-from ppr_engine.checkpoint import save_model
 from service.app import create_app
 from service.settings import Settings
 
@@ -71,14 +69,6 @@ def app(settings):
 def client(app):
     with TestClient(app) as c:
         yield c
-
-
-@pytest.fixture(scope="session")
-def small_checkpoint(tmp_path_factory) -> Path:
-    """An untrained small_cnn checkpoint (enough for validation and fast jobs)."""
-    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
-    save_model(models.create("small_cnn", 10), path)
-    return path
 
 
 def quick_spec(methods=("ft",)) -> dict:
