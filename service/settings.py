@@ -82,11 +82,11 @@ class Settings(BaseSettings):
         the longest job for Redis (or a long job is delivered twice)."""
         if self.embedded:
             folder = (self.data_dir / "queue").resolve()
-            for sub in ("out", "processed"):
+            for sub in ("out", "processed", "control"):
                 (folder / sub).mkdir(parents=True, exist_ok=True)
             return {"data_folder_in": str(folder / "out"), "data_folder_out": str(
-                folder / "out"), "data_folder_processed": str(folder / "processed"),
-                "store_processed": True}
+                folder / "out"), "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"), "store_processed": True}
         return {"visibility_timeout": self.visibility_timeout_s or self.job_time_limit_s + 600}
 
 

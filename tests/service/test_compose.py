@@ -1,0 +1,32 @@
+"""The Dockerfile and docker-compose.yml describe the stack DESIGN.md asks for (no Docker
+engine runs here, so the files are checked for structure)."""
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_structure():
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = doc["services"]
+    assert {"redis", "postgres", "api", "worker"} <= set(services)
+    assert "--appendonly" in services["redis"]["command"]
+    for name in ("redis", "postgres", "api", "worker"):
+        assert "healthcheck" in services[name], f"{name} has no healthcheck"
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["PPR_BROKER_URL"].startswith("redis://redis")
+        assert env["PPR_DATABASE_URL"].startswith("postgresql")
+        assert any("artifacts" in v for v in services[name]["volumes"])
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert {"redis-data", "postgres-data", "artifacts"} <= set(doc["volumes"])
+
+
+def test_dockerfile_is_non_root_with_a_healthcheck():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "\nUSER ppr" in text and "HEALTHCHECK" in text and "/healthz" in text
+    assert text.startswith("# ") and "FROM pytorch/pytorch" in text and "cuda" in text
