@@ -190,7 +190,8 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
 
     plan = spec.plan
     n_methods = max(1, len(plan.methods))
-    units = 1 + n_methods * (1 + plan.retune.enabled + plan.qra.enabled + plan.lmc.enabled) + 1
+    # evaluate + per method (purify, RA, QRA, LMC) + baseline + report
+    units = 1 + n_methods * (1 + plan.retune.enabled + plan.qra.enabled + plan.lmc.enabled) + 2
     tracker = Tracker(progress, units)
 
     with _stage(report.stages, "evaluate submitted model"):

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SpecError
 
@@ -48,14 +55,14 @@ class DataSpec(_Strict):
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out validation share of "
                                 "the clean set; every threshold is chosen on it")
 
-    @model_validator(mode="after")
-    def _parse(self) -> DataSpec:
+    @field_validator("clean", "test", "attacker")
+    @classmethod
+    def _parse(cls, ref: str | None) -> str | None:
         from .data.refs import parse_ref
 
-        for ref in (self.clean, self.test, self.attacker):
-            if ref is not None:
-                parse_ref(ref)
-        return self
+        if ref is not None:
+            parse_ref(ref)
+        return ref
 
 
 class TriggerSpec(BaseModel):
@@ -196,13 +203,14 @@ class AuditSpec(_Strict):
                                   "default: the EP model")
     device: str | None = Field(None, description="torch device (default: CUDA if present)")
 
-    @model_validator(mode="after")
-    def _gate(self) -> AuditSpec:
+    @field_validator("gate")
+    @classmethod
+    def _gate(cls, gate: list[str]) -> list[str]:
         from .gate import parse_clause
 
-        for clause in self.gate:
+        for clause in gate:
             parse_clause(clause)
-        return self
+        return gate
 
     def for_purify(self, method: MethodSpec) -> AuditSpec:
         """This spec with its plan reduced to one method (POST /purify?method=...)."""
