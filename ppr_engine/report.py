@@ -54,34 +54,33 @@ class QRAResult(BaseModel):
     transfer: dict[str, float] = Field(default_factory=dict)
 
 
-class TriggerResult(BaseModel):
-    """A method's numbers against one trigger."""
+class Scores(BaseModel):
+    """The numbers a method gets against a trigger (per trigger, or the worst case)."""
 
-    trigger: str
     o_asr: float | None = None
     der: float | None = None
     p_cacc: float | None = None
     p_asr: float | None = None
     baseline_p_asr: float | None = None
     gap: float | None = None
+
+
+class TriggerResult(Scores):
+    """A method's numbers against one trigger."""
+
+    trigger: str
     sweep: list[SweepPoint] = Field(default_factory=list)
     qra: QRAResult | None = None
     lmc: LMCCurve | None = None
 
 
-class MethodResult(BaseModel):
+class MethodResult(Scores):
     """Everything measured for one purification method (worst case over triggers on top)."""
 
     key: str
     method: str
     params: dict[str, Any] = Field(default_factory=dict)
     o_cacc: float | None = None
-    o_asr: float | None = None
-    der: float | None = None
-    p_cacc: float | None = None
-    p_asr: float | None = None
-    baseline_p_asr: float | None = None
-    gap: float | None = None
     qra_asr: float | None = None
     qra_clean_to_target: float | None = None
     lmc_lambda50: float | None = None
@@ -327,12 +326,14 @@ RA baseline: <b>{e(report.baseline.kind)}</b> {e(report.baseline.description)}.<
 """
 
 
+MEDIA_TYPES = {"json": "application/json", "md": "text/markdown; charset=utf-8",
+               "html": "text/html; charset=utf-8"}
+
+
 def render(report: AuditReport, fmt_name: str) -> tuple[str, str]:
     """(body, media type) of the report in `json`, `md` or `html`."""
-    if fmt_name == "json":
-        return report.model_dump_json(indent=2), "application/json"
-    if fmt_name == "md":
-        return to_markdown(report), "text/markdown; charset=utf-8"
-    if fmt_name == "html":
-        return to_html(report), "text/html; charset=utf-8"
-    raise ValueError(f"unknown report format {fmt_name!r}; use json, md or html")
+    renderers = {"json": lambda r: r.model_dump_json(indent=2), "md": to_markdown,
+                 "html": to_html}
+    if fmt_name not in renderers:
+        raise ValueError(f"unknown report format {fmt_name!r}; use json, md or html")
+    return renderers[fmt_name](report), MEDIA_TYPES[fmt_name]

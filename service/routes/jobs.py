@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from ppr_engine.defenses import DEFENSES
+from ppr_engine.report import MEDIA_TYPES
 from ppr_engine.spec import AuditSpec
 
 from ..deps import ArtifactsDep, Principal, QueueDep, SettingsDep, StoreDep
@@ -102,8 +103,7 @@ def cancel_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
     return JobView.of(job)
 
 
-MEDIA = {"json": "application/json", "md": "text/markdown; charset=utf-8",
-         "html": "text/html; charset=utf-8"}
+MEDIA = MEDIA_TYPES
 
 
 @router.get("/jobs/{job_id}/report", operation_id="get_report", responses={
