@@ -178,10 +178,3 @@ def save_model(model: nn.Module, path: Path, **metadata: str) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return sha256_file(path)
-
-
-def clone_model(model: nn.Module) -> nn.Module:
-    """An independent copy of a registered model (same architecture, same weights)."""
-    import copy
-
-    return copy.deepcopy(model)

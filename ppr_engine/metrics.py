@@ -24,11 +24,6 @@ def attack_success_rate(model: nn.Module, triggered: ImageSet, target: int) -> f
     return float((predict(model, triggered) == target).float().mean())
 
 
-def robust_accuracy(model: nn.Module, triggered: ImageSet) -> float:
-    """Share of triggered images still classified as their true class (BackdoorBench RA)."""
-    return accuracy(model, triggered)
-
-
 def target_rate(model: nn.Module, images: ImageSet | torch.Tensor, target: int) -> float:
     """Share of `images` classified as `target` (used by QRA on clean images + delta)."""
     preds = predict(model, images)

@@ -262,6 +262,10 @@ def _lmc_chart(report: AuditReport) -> str:
              f'<line x1="{pad}" y1="10" x2="{pad}" y2="{h}" stroke="#333"/>',
              f'<text x="{w / 2}" y="{h + 30}" font-size="11">lambda (0: purified, 1: '
              f'backdoored)</text><text x="2" y="14" font-size="11">ASR</text>']
+    for t in (0.0, 0.5, 1.0):
+        y = h - t * (h - 20)
+        parts.append(f'<text x="14" y="{y + 4:.1f}" font-size="10">{t:.1f}</text>'
+                     f'<line x1="{pad}" y1="{y:.1f}" x2="{w}" y2="{y:.1f}" stroke="#eee"/>')
     for i, (key, c) in enumerate(curves):
         pts = " ".join(f"{pad + lam * (w - pad):.1f},{h - a * (h - 20):.1f}"
                        for lam, a in zip(c.lambdas, c.asr, strict=True))

@@ -138,10 +138,5 @@ def accuracy(model: nn.Module, data: ImageSet, **kw) -> float:
     return float((predict(model, data, **kw) == data.y.cpu()).float().mean())
 
 
-def check_cancel(progress: Progress) -> None:
-    """Give the progress callback a chance to raise Cancelled between steps."""
-    progress("", -1.0)
-
-
-__all__ = ["Cancelled", "Progress", "accuracy", "autocast", "check_cancel", "cosine", "fit",
+__all__ = ["Cancelled", "Progress", "accuracy", "autocast", "cosine", "fit",
            "no_progress", "pick_device", "predict", "prepare", "sgd"]

@@ -10,8 +10,7 @@ from .base import (
     poison_training_set,
     quantize,
     triggered_test,
-    triggered_true_labels,
 )
 
 __all__ = ["ATTACKS", "PoisonedSet", "Trigger", "TriggerParams", "build_trigger",
-           "poison_training_set", "quantize", "triggered_test", "triggered_true_labels"]
+           "poison_training_set", "quantize", "triggered_test"]

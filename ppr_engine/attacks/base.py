@@ -115,8 +115,3 @@ def triggered_test(test: ImageSet, trigger: Trigger) -> ImageSet:
     keep = torch.nonzero(test.y.cpu() != trigger.target).flatten()
     sub = test.subset(keep)
     return sub.with_images(trigger.apply_set(sub))
-
-
-def triggered_true_labels(ds: ImageSet, trigger: Trigger) -> ImageSet:
-    """Every image of `ds` with the trigger and its true label (EP's unlearning data)."""
-    return ds.with_images(trigger.apply_set(ds))
