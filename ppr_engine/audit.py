@@ -93,6 +93,16 @@ class _Data:
     triggers: list[Trigger]
     labels: list[str]
     triggered: list[ImageSet]
+    retune_seed: int = 0
+    _retune_sets: dict = field(default_factory=dict)
+
+    def retune_set(self, i: int, poison_num: int, clean_num: int):
+        """RA's data for trigger `i` (built once, shared by every method and the baseline)."""
+        key = (i, poison_num, clean_num)
+        if key not in self._retune_sets:
+            self._retune_sets[key] = build_retune_set(self.pool, self.triggers[i], poison_num,
+                                                      clean_num, self.retune_seed)
+        return self._retune_sets[key]
 
 
 def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, dict]:
@@ -118,7 +128,7 @@ def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, 
     triggered = [triggered_test(test, t) for t in triggers]
     d = _Data(clean.to(device), clean_train.to(device), val.to(device), test.to(device),
               pool.to(device), triggers, [t.label for t in spec.triggers],
-              [tt.to(device) for tt in triggered])
+              [tt.to(device) for tt in triggered], spec.plan.retune.seed)
     prov = {
         "clean": {"ref": spec.data.clean, "n": len(clean), "sha256": clean.content_hash(),
                   "train": len(clean_train), "val": len(val)},
@@ -237,8 +247,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
             retuned = None
             if plan.retune.enabled:
                 with _stage(res.stages, f"retune[{lbl}]"):
-                    rset = build_retune_set(d.pool, trig, plan.retune.poison_num,
-                                            plan.retune.clean_num, plan.retune.seed)
+                    rset = d.retune_set(i, plan.retune.poison_num, plan.retune.clean_num)
                     retuned = retune(model, rset, plan.retune, device=device,
                                      progress=tracker.sub(f"retune:{key}"))
                     tr.p_cacc = clean_accuracy(retuned, d.test)
@@ -246,7 +255,10 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
                     tr.baseline_p_asr = base_info.p_asr.get(lbl)
                     if tr.baseline_p_asr is not None:
                         tr.gap = tr.p_asr - tr.baseline_p_asr
-                    tr.sweep = _sweep(model, baseline, d, trig, tt, spec, device)
+                    tr.sweep = _sweep(model, d, i, spec, device)
+                    for point, base in zip(tr.sweep, base_info.sweep.get(lbl, []),
+                                           strict=False):
+                        point.baseline_p_asr = base.p_asr
             if plan.qra.enabled:
                 with _stage(res.stages, f"qra[{lbl}]"):
                     if baseline is None:
@@ -327,29 +339,25 @@ def _baseline(spec: AuditSpec, bd: nn.Module, purified: dict[str, nn.Module],
             info.kind, info.description = "ep", "EP with default parameters, built for the baseline"
         if model is not None:
             info.c_acc = clean_accuracy(model, d.test)
-            for lbl, tt, t in zip(d.labels, d.triggered, d.triggers, strict=True):
+            for i, (lbl, tt, t) in enumerate(zip(d.labels, d.triggered, d.triggers,
+                                                 strict=True)):
                 info.asr[lbl] = attack_success_rate(model, tt, t.target)
                 if plan.retune.enabled and plan.retune.baseline:
-                    rset = build_retune_set(d.pool, t, plan.retune.poison_num,
-                                            plan.retune.clean_num, plan.retune.seed)
+                    rset = d.retune_set(i, plan.retune.poison_num, plan.retune.clean_num)
                     retuned = retune(model, rset, plan.retune, device=ctx.device)
                     info.p_asr[lbl] = attack_success_rate(retuned, tt, t.target)
+                    info.sweep[lbl] = _sweep(model, d, i, spec, ctx.device)
     tracker.finish("baseline")
     return model, info
 
 
-def _sweep(model: nn.Module, baseline: nn.Module | None, d: _Data, trig: Trigger,
-           tt: ImageSet, spec: AuditSpec, device: torch.device) -> list[SweepPoint]:
-    """P-ASR (and the baseline's) over the (poisoned samples, epochs) budgets of the sweep."""
+def _sweep(model: nn.Module, d: _Data, i: int, spec: AuditSpec,
+           device: torch.device) -> list[SweepPoint]:
+    """P-ASR of `model` against trigger `i` over the (poisoned samples, epochs) budgets of
+    the sweep, the total number of RA images held constant."""
     rs = spec.plan.retune
     total = rs.poison_num + rs.clean_num
-    out = []
-    for pn, ep in rs.sweep:
-        rset = build_retune_set(d.pool, trig, pn, max(0, total - pn), rs.seed)
-        point = SweepPoint(poison_num=pn, epochs=ep, p_asr=attack_success_rate(
-            retune(model, rset, rs, epochs=ep, device=device), tt, trig.target))
-        if baseline is not None and rs.baseline:
-            point.baseline_p_asr = attack_success_rate(
-                retune(baseline, rset, rs, epochs=ep, device=device), tt, trig.target)
-        out.append(point)
-    return out
+    trig, tt = d.triggers[i], d.triggered[i]
+    return [SweepPoint(poison_num=pn, epochs=ep, p_asr=attack_success_rate(
+        retune(model, d.retune_set(i, pn, max(0, total - pn)), rs, epochs=ep, device=device),
+        tt, trig.target)) for pn, ep in rs.sweep]

@@ -106,6 +106,7 @@ class BaselineInfo(BaseModel):
     c_acc: float | None = None
     asr: dict[str, float] = Field(default_factory=dict)
     p_asr: dict[str, float] = Field(default_factory=dict)
+    sweep: dict[str, list[SweepPoint]] = Field(default_factory=dict)
 
 
 class GateClause(BaseModel):

@@ -53,6 +53,12 @@ class Trigger:
         """uint8 poisoned versions of `ds`'s images for the training set (LC adds PGD)."""
         return self.apply_set(ds)
 
+    def extra_training_samples(self, ds: ImageSet, poison_idx: torch.Tensor, rate: float,
+                               seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(positions, uint8 images) of further training samples that keep their labels
+        (WaNet's noise mode); none by default."""
+        return None
+
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Float [0, 1] images to uint8, rounding."""
@@ -99,8 +105,7 @@ def poison_training_set(ds: ImageSet, trigger: Trigger, rate: float, seed: int =
         if not trigger.clean_label:
             relabelled[idx] = ds.y[idx].cpu() != trigger.target
             y[idx] = trigger.target
-    extra = trigger.extra_training_samples(ds, idx, rate, seed) if hasattr(
-        trigger, "extra_training_samples") else None
+    extra = trigger.extra_training_samples(ds, idx, rate, seed)
     if extra is not None:
         cross_idx, cross_x = extra
         x[cross_idx] = cross_x.to(x.device)

@@ -103,11 +103,8 @@ def cancel_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
     return JobView.of(job)
 
 
-MEDIA = MEDIA_TYPES
-
-
 @router.get("/jobs/{job_id}/report", operation_id="get_report", responses={
-    200: {"content": {m: {} for m in MEDIA.values()}}, **ERRORS})
+    200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, **ERRORS})
 def get_report(job_id: str, principal: Principal, store: StoreDep, artifacts: ArtifactsDep,
                format: Literal["json", "md", "html"] = "json") -> Response:
     """The report of a finished job as JSON, Markdown or self-contained HTML."""
@@ -116,7 +113,7 @@ def get_report(job_id: str, principal: Principal, store: StoreDep, artifacts: Ar
     if job.state != "succeeded" or key is None:
         raise ApiError(409, f"job {job_id} is {job.state}; the report exists once it has "
                        "succeeded" + (f" ({job.error})" if job.error else ""), "not_ready")
-    return Response(artifacts.path(key).read_bytes(), media_type=MEDIA[format])
+    return Response(artifacts.path(key).read_bytes(), media_type=MEDIA_TYPES[format])
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", operation_id="get_artifact", responses={

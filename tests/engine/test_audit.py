@@ -88,6 +88,9 @@ def test_baseline_is_the_ep_model_when_no_reference_is_given(bd_file):
     t = ft.per_trigger[0]
     assert [(p.poison_num, p.epochs) for p in t.sweep] == [(10, 1)]
     assert t.sweep[0].baseline_p_asr is not None
+    # the baseline's sweep is run once and shared by every method
+    assert report.baseline.sweep["badnets->0"][0].p_asr == t.sweep[0].baseline_p_asr
+    assert ep.per_trigger[0].sweep[0].baseline_p_asr == t.sweep[0].baseline_p_asr
     assert t.lmc.lambdas == [0.0, 0.5, 1.0]
     assert set(t.qra.transfer) == {"ep"}
     fractions = [f for _, f in events if f >= 0]
