@@ -27,7 +27,7 @@ from ppr_engine.report import to_markdown  # noqa: E402
 from ppr_engine.spec import validate_spec  # noqa: E402
 
 ALL = ["ft", "lp", "ft_init", "fe_tuning", "fst", "fp", "nad", "anp", "ibau", "ft_sam",
-       "bti_dbf", "ep", "pam"]
+       "bti_dbf", "tsbd", "ep", "pam"]
 
 
 def main() -> None:
@@ -49,15 +49,16 @@ def main() -> None:
         test += "&fraction=0.2&seed=0"
         a.epochs = 2
         small = {"epochs": 1}
-        inv = {"rounds": 1, "pretrain_epochs": 1, "mask_epochs": 1, "gen_epochs": 1,
-               "round_unlearn_epochs": 0}
+        inv = {"pretrain_epochs": 1, "mask_epochs": 1, "gen_epochs": 1}
         for m in methods:
             if m["name"] == "anp":
                 m.update(iterations=20)
             elif m["name"] == "ibau":
                 m.update(rounds=1)
             elif m["name"] in ("bti_dbf", "pam"):
-                m.update(small, inversion=inv)
+                m.update(small, rounds=1, scale_to=None, inversion=inv)
+            elif m["name"] == "tsbd":
+                m.update(small, max_unlearn_epochs=1)
             else:
                 m.update(small)
         plan = {"methods": methods, "retune": {"epochs": 1},

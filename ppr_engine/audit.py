@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -118,7 +118,24 @@ def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, 
         if int(ds.y.max()) >= spec.model.num_classes:
             raise SpecError(f"data.{name} has label {int(ds.y.max())}, but the model has "
                             f"{spec.model.num_classes} classes")
-    pool = data.load(spec.data.attacker, **kw) if spec.data.attacker else clean
+    # roles, whatever the references look like: sample-specific triggers (SSBA) look the
+    # defender's and the attacker's images up in the attack's training split, test images
+    # in its test split
+    clean, test = replace(clean, split="train"), replace(test, split="test")
+    if spec.data.attacker:
+        pool = replace(data.load(spec.data.attacker, **kw), split="train")
+        attacker_prov = {"ref": spec.data.attacker}
+        refuse_overlap(test, {"data.clean": clean, "data.attacker": pool})
+    else:
+        refuse_overlap(test, {"data.clean": clean})
+        # split the clean reference so that the attacker and the defender share no image
+        need = attacker_images(spec)
+        if need > len(clean) // 2:
+            raise SpecError(f"data.clean has {len(clean)} images: too few to set {need} aside "
+                            f"for the attacker (RA and QRA) and keep the larger part for the "
+                            f"defender; give data.attacker or lower the RA/QRA budgets")
+        pool, clean = data.take(clean, n=need, seed=spec.plan.retune.seed)
+        attacker_prov = {"ref": f"{need} images split from data.clean (RA's seed)"}
     clean_train, val = data.train_val(clean, spec.data.val_fraction, spec.seed)
     triggers = [t.build() for t in spec.triggers]
     for t in triggers:
@@ -133,11 +150,34 @@ def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, 
         "clean": {"ref": spec.data.clean, "n": len(clean), "sha256": clean.content_hash(),
                   "train": len(clean_train), "val": len(val)},
         "test": {"ref": spec.data.test, "n": len(test), "sha256": test.content_hash()},
+        "attacker": {**attacker_prov, "n": len(pool), "sha256": pool.content_hash(),
+                     "shared_with_clean": len(pool.shared_with(clean))},
     }
-    if spec.data.attacker:
-        prov["attacker"] = {"ref": spec.data.attacker, "n": len(pool),
-                            "sha256": pool.content_hash()}
     return d, prov
+
+
+def attacker_images(spec: AuditSpec) -> int:
+    """How many images RA (every budget of its sweep) and QRA draw from the attacker."""
+    rs, q = spec.plan.retune, spec.plan.qra
+    need = rs.poison_num + rs.clean_num if rs.enabled else 0
+    if rs.enabled:
+        need = max([need] + [pn for pn, _ in rs.sweep])
+    if q.enabled:
+        need = max(need, q.clean_num + q.poison_num)
+    return need
+
+
+def refuse_overlap(test: ImageSet, others: dict[str, ImageSet]) -> None:
+    """SpecError when the test set shares images (pixel for pixel) with the defender's or
+    the attacker's data: every number measured on it would then be measured on seen data."""
+    for name, other in others.items():
+        shared = test.shared_with(other)
+        if len(shared):
+            first = ", ".join(str(int(i)) for i in test.index[shared[:5].to(
+                test.index.device)].tolist())
+            raise SpecError(f"data.test shares {len(shared)} of its {len(test)} images with "
+                            f"{name} (test images at positions {first}"
+                            f"{', ...' if len(shared) > 5 else ''}); audit on disjoint data")
 
 
 @contextlib.contextmanager
@@ -156,13 +196,21 @@ def _stage(stages: list[StageStatus], name: str) -> Iterator[StageStatus]:
         stages.append(status)
 
 
+VERDICT_RULE = ("not_removed: O-ASR above plan.retune.removed_asr; superficial: removed, but "
+                "under some RA budget (the reference one or a sweep point) P-ASR exceeds the "
+                "baseline's P-ASR under the same budget by more than "
+                "plan.retune.superficial_gap (the robustness score max_gap); robust: removed "
+                "and max_gap within that margin")
+
+
 def _verdict(m: MethodResult, spec: AuditSpec) -> str:
+    """The rule of VERDICT_RULE; without a baseline, P-ASR against removed_asr."""
     if m.o_asr is None:
         return "unknown"
     if m.o_asr > spec.plan.retune.removed_asr:
         return "not_removed"
-    if m.gap is not None:
-        return "superficial" if m.gap > spec.plan.retune.superficial_gap else "robust"
+    if m.max_gap is not None:
+        return "superficial" if m.max_gap > spec.plan.retune.superficial_gap else "robust"
     if m.p_asr is not None:
         return "superficial" if m.p_asr > spec.plan.retune.removed_asr else "robust"
     return "unknown"
@@ -259,6 +307,9 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
                     for point, base in zip(tr.sweep, base_info.sweep.get(lbl, []),
                                            strict=False):
                         point.baseline_p_asr = base.p_asr
+                    tr.max_gap = _worst([tr.gap] + [
+                        p.p_asr - p.baseline_p_asr for p in tr.sweep
+                        if p.p_asr is not None and p.baseline_p_asr is not None])
             if plan.qra.enabled:
                 with _stage(res.stages, f"qra[{lbl}]"):
                     if baseline is None:
@@ -302,6 +353,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         res.p_cacc = min((t.p_cacc for t in pt if t.p_cacc is not None), default=None)
         res.baseline_p_asr = _worst([t.baseline_p_asr for t in pt])
         res.gap = _worst([t.gap for t in pt])
+        res.max_gap = _worst([t.max_gap for t in pt])
         res.qra_asr = _worst([t.qra.asr if t.qra else None for t in pt])
         res.qra_clean_to_target = _worst([t.qra.clean_to_target if t.qra else None for t in pt])
         lams = [t.lmc.lambda50 if t.lmc.lambda50 is not None else 1.0 for t in pt if t.lmc]
@@ -309,6 +361,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         res.verdict = _verdict(res, spec)  # type: ignore[assignment]
         res.seconds = round(sum(st.seconds for st in res.stages), 3)
     report.methods = list(results.values())
+    report.verdict_rule = VERDICT_RULE
     report.gate = evaluate(spec.gate, report)
     report.seconds = round(time.perf_counter() - t0, 3)
     report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -310,12 +310,12 @@ def purify(
 @guarded
 def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("out/demo"),
-    quick: Annotated[bool, typer.Option(help="smaller budgets (about a minute)")] = False,
+    quick: Annotated[bool, typer.Option(help="no QRA or LMC, a smaller backdoor budget")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole story on synthetic data: backdoor a model, audit it, write the HTML."""
     from .audit import run
-    from .demo import demo_spec, make_demo_model
+    from .demo import PAM_NOTE, demo_spec, make_demo_model
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "backdoored.safetensors"
@@ -331,4 +331,5 @@ def demo(
     paths = write_reports(outcome.report, out)
     _print_report(outcome.report, as_json)
     if not as_json:
+        typer.echo(f"Note: {PAM_NOTE}.")
         typer.echo(f"HTML report: {paths['html']}")

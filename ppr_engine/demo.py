@@ -1,9 +1,11 @@
 """`ppr demo`: the whole story on one machine, nothing downloaded.
 
-Make a BadNets-backdoored small CNN on synthetic data, then audit it with LP, FT, FST, EP,
-PAM (fed the known trigger) and BTI-DBF: purification, the Retuning Attack against a
-baseline, QRA and the LMC path. The budgets are scaled down from the paper's so it runs in
-a few minutes on two CPU cores.
+Make a BadNets-backdoored small CNN (target class 3) on synthetic data, then audit it with
+FT, LP, FST, BTI-DBF, EP and PAM (both inverting the trigger with BTI-DBF's generator, as
+deployed): purification, the Retuning Attack against the EP baseline with a sweep of
+budgets, QRA and the LMC path. The budgets are scaled down from the paper's so it runs in
+a few minutes on two CPU cores; where that changes a method's setting, the spec and the
+printed note say so.
 """
 
 from __future__ import annotations
@@ -19,45 +21,65 @@ DEMO_TRAIN = "synthetic:?n=4000&seed=0"
 DEMO_TEST = "synthetic:?n=1000&seed=1"
 DEMO_CLEAN = "synthetic:?n=1000&seed=2"
 DEMO_ATTACKER = "synthetic:?n=2000&seed=3"
-DEMO_INVERSION = {"rounds": 2, "pretrain_epochs": 5, "mask_epochs": 5, "gen_epochs": 10,
-                  "round_unlearn_epochs": 1}
+# BTI-DBF's inversion at CPU scale (the reference: 50 / 20 / 30 epochs at batch 128 on 2,500
+# images, UNet width 32 with 4 blocks). Fewer epochs at batch 32 keep about half the
+# reference's optimizer steps on a 900-image set: the generator needs steps (one BadNets model
+# of the detection bench: at batch 128, 5/10 mask/generator epochs found a wrong class and
+# 10/20 the right one with confidence 0.19; at batch 32, 5/10 epochs found it with 1.0). The
+# same settings serve the demo, the tests and bench/bti_detection.py.
+# A UNet of width 8 with 3 blocks costs 1.7 times the small CNN per image (width 16: 5 times)
+# and found the same targets.
+DEMO_INVERSION = {"pretrain_epochs": 5, "mask_epochs": 5, "gen_epochs": 10, "gen_width": 8,
+                  "gen_blocks": 3, "batch_size": 32, "augment": False}
+
+
+# The demo's PAM departs from the authors' momentum 0.1 on purpose, and says so: at this scale
+# (a 4-MMAC net, 900 defender images) PAM at momentum 0.1 stays near theta_bd and is
+# superficial even with the budget scaled to the reference's steps (BadNets, target 3:
+# P-ASR 0.62 against EP's 0.13 after 3 rounds x 83 epochs); at momentum 0.9 two rounds of 10
+# epochs hold (P-ASR 0.04, every sweep point at or below EP's). docs/RESULTS.md has the study.
+PAM_NOTE = ("PAM runs at momentum 0.9 here: at the authors' momentum 0.1 it stays close to "
+            "the backdoored weights at this scale and is flagged superficial "
+            "(docs/RESULTS.md, PAM budget study)")
+DEMO_TARGET = 3
 
 
 def demo_spec(quick: bool = False) -> AuditSpec:
-    """The demo's audit spec (quick: smaller budgets, for tests)."""
-    ep = 5 if quick else 10
+    """The demo's audit spec (quick: no QRA or LMC, fewer epochs; for tests)."""
     # the synthetic images already carry random shifts; the backdoored model is trained
     # without crop/flip, so the defenses tune without them too
-    tune = {"epochs": ep, "augment": False}
+    tune = {"epochs": 10, "augment": False}
+    unlearn = {"rounds": 2, "scale_to": None, "augment": False, "inversion": DEMO_INVERSION}
     return validate_spec({
         "model": {"arch": "small_cnn", "num_classes": 10},
         "data": {"clean": DEMO_CLEAN, "test": DEMO_TEST, "attacker": DEMO_ATTACKER},
-        "triggers": [{"attack": "badnets", "target": 0}],
+        "triggers": [{"attack": "badnets", "target": DEMO_TARGET}],
         "plan": {
             "methods": [
-                {"name": "lp", **tune},
                 {"name": "ft", **tune},
+                {"name": "lp", **tune},
                 {"name": "fst", **tune},
+                {"name": "bti_dbf", **unlearn, "epochs": 30},
                 {"name": "ep", **tune},
-                {"name": "pam", **tune, "rho": 0.2, "data": "trigger"},
-                {"name": "bti_dbf", **tune, "inversion": DEMO_INVERSION},
+                {"name": "pam", **unlearn, "epochs": 10, "momentum": 0.9},
             ],
             "retune": {"poison_num": 20, "clean_num": 980, "epochs": 5,
-                       "sweep": [] if quick else [[5, 5], [50, 5]]},
-            "qra": {"epochs": 5 if quick else 20, "hidden": 256 if quick else 512,
-                    "clean_num": 500, "poison_num": 500},
-            "lmc": {"points": 6 if quick else 11},
+                       "sweep": [[10, 5], [50, 5]]},
+            "qra": {"enabled": not quick, "epochs": 10, "hidden": 512, "clean_num": 500,
+                    "poison_num": 500},
+            "lmc": {"enabled": not quick, "points": 11},
         },
         "seed": 0,
-        "gate": ["pam.p_asr <= 0.5", "all.o_cacc >= 0.80"],
+        "gate": ["pam.o_asr <= 0.2", "pam.max_gap <= 0.2", "all.o_cacc >= 0.80"],
     })
 
 
 def make_demo_model(out: Path, *, epochs: int = 8, progress: Progress = no_progress) -> dict:
     """Train the demo's backdoored model, save it, and return its numbers."""
     recipe = BackdoorRecipe(arch="small_cnn", attack="badnets", rate=0.1, epochs=epochs,
-                            lr=0.05, augment=False, seed=0)
+                            lr=0.05, augment=False, seed=0,
+                            attack_params={"target": DEMO_TARGET})
     res = make_backdoor(recipe, DEMO_TRAIN, DEMO_TEST, progress=progress)
-    sha = save_model(res.model, out, attack="badnets", target="0", rate="0.1")
+    sha = save_model(res.model, out, attack="badnets", target=str(DEMO_TARGET), rate="0.1")
     return {"checkpoint": str(out), "sha256": sha, "c_acc": res.c_acc, "asr": res.asr,
             "seconds": res.seconds}

@@ -6,7 +6,7 @@ Grammar (one clause per string; a gate passes when every clause passes):
     subject := METHOD_KEY | "all" | "any" | "model" | "baseline"
     op      := "<=" | "<" | ">=" | ">" | "==" | "!="
 
-Method fields: o_cacc, o_asr, der, p_cacc, p_asr, baseline_p_asr, gap, qra_asr,
+Method fields: o_cacc, o_asr, der, p_cacc, p_asr, baseline_p_asr, gap, max_gap, qra_asr,
 qra_clean_to_target, lmc_lambda50. Model fields: c_acc, asr. Baseline fields: c_acc, asr,
 p_asr. `asr`-like fields take the worst case (maximum) over triggers. `all.F` needs F to
 pass for every method, `any.F` for at least one. A value that was not computed (its stage
@@ -24,7 +24,7 @@ from .errors import GateError
 from .report import AuditReport, GateClause, GateVerdict, MethodResult
 
 METHOD_FIELDS = ("o_cacc", "o_asr", "der", "p_cacc", "p_asr", "baseline_p_asr", "gap",
-                 "qra_asr", "qra_clean_to_target", "lmc_lambda50")
+                 "max_gap", "qra_asr", "qra_clean_to_target", "lmc_lambda50")
 MODEL_FIELDS = ("c_acc", "asr")
 BASELINE_FIELDS = ("c_acc", "asr", "p_asr")
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,

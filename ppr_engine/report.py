@@ -63,6 +63,9 @@ class Scores(BaseModel):
     p_asr: float | None = None
     baseline_p_asr: float | None = None
     gap: float | None = None
+    max_gap: float | None = Field(None, description="the robustness score: the largest "
+                                  "excess of P-ASR over the baseline's P-ASR across every RA "
+                                  "budget run (the reference budget and each sweep point)")
 
 
 class TriggerResult(Scores):
@@ -151,11 +154,28 @@ class AuditReport(BaseModel):
     gate: GateVerdict = Field(default_factory=GateVerdict)
     stages: list[StageStatus] = Field(default_factory=list)
     provenance: Provenance = Field(default_factory=Provenance)
+    verdict_rule: str = Field("", description="how the verdicts were reached")
     seconds: float = 0.0
 
     def method(self, key: str) -> MethodResult | None:
         """The result of method `key`, if it ran."""
         return next((m for m in self.methods if m.key == key), None)
+
+
+def detection_notes(report: AuditReport) -> list[tuple[str, bool]]:
+    """(sentence, confident) per method that found its trigger by inversion."""
+    notes = []
+    for m in report.methods:
+        det = m.record.get("detection")
+        if not det:
+            continue
+        text = (f"{m.key}: trigger inversion detected target class {det['target']} "
+                f"(confidence {det['confidence']:.2f}, margin {det['margin']:.2f})")
+        if not det["confident"]:
+            text += ("; NOT CONFIDENT: the inversion found no class that most images go to, "
+                     "so this method's unlearning data may not carry the backdoor")
+        notes.append((text + ".", bool(det["confident"])))
+    return notes
 
 
 def fmt(v: float | None, digits: int = 3) -> str:
@@ -165,6 +185,7 @@ def fmt(v: float | None, digits: int = 3) -> str:
 
 TABLE_COLUMNS = [("O-C-Acc", "o_cacc"), ("O-ASR", "o_asr"), ("DER", "der"), ("P-C-Acc", "p_cacc"),
                  ("P-ASR", "p_asr"), ("base P-ASR", "baseline_p_asr"), ("gap", "gap"),
+                 ("max gap", "max_gap"),
                  ("QRA-ASR", "qra_asr"), ("LMC-l50", "lmc_lambda50")]
 
 
@@ -197,6 +218,11 @@ def to_markdown(report: AuditReport) -> str:
     out += ["", "| " + " | ".join(TABLE_HEADER) + " |",
             "|" + "---|" * len(TABLE_HEADER)]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    notes = detection_notes(report)
+    if notes:
+        out += ["", "Trigger inversion:"] + [f"- {t}" for t, _ in notes]
+    if report.verdict_rule:
+        out += ["", f"Verdicts: {report.verdict_rule}."]
     failed = [s for s in report.stages if s.status == "failed"]
     failed += [s for m in report.methods for s in m.stages if s.status == "failed"]
     if failed:
@@ -293,6 +319,11 @@ def to_html(report: AuditReport) -> str:
                 f"{'PASSED' if report.gate.passed else 'FAILED'}</span></h2><ul>{items}</ul>")
     failed = [s for s in report.stages if s.status == "failed"] + [
         s for m in report.methods for s in m.stages if s.status == "failed"]
+    notes = "".join(f"<li class='{'pass' if ok else 'fail'}'>{e(t)}</li>"
+                    for t, ok in detection_notes(report))
+    notes = f"<h2>Trigger inversion</h2><ul id='detection'>{notes}</ul>" if notes else ""
+    rule = f"<p id='verdict-rule'>Verdicts: {e(report.verdict_rule)}.</p>" if \
+        report.verdict_rule else ""
     fails = ("<h2>Failed stages</h2><ul>" + "".join(
         f"<li>{e(s.name)}: {e(s.error or '')}</li>" for s in failed) + "</ul>") if failed else ""
     pv = report.provenance
@@ -317,6 +348,8 @@ RA baseline: <b>{e(report.baseline.kind)}</b> {e(report.baseline.description)}.<
 {gate}
 <h2>Results</h2>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
+{rule}
+{notes}
 <h2>Attack success rate per method</h2>
 {_bar_chart(report)}
 <h2>Backdoor-connected path (LMC)</h2>

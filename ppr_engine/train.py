@@ -23,7 +23,9 @@ from .errors import Cancelled
 Progress = Callable[[str, float], None]
 
 
-Batch = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# A batch transform gets (images, labels, each image's index in its source) and returns
+# (images, labels); the index lets sample-specific triggers (SSBA) find their images.
+Batch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, LossFn], None]
 
@@ -71,29 +73,32 @@ def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: f
         seed: int = 0, params: Iterable[torch.Tensor] | None = None,
         progress: Progress = no_progress, after_step: Callable[[], None] | None = None,
         transform: Batch | None = None, loss_fn: LossFn | None = None,
-        step_fn: StepFn | None = None, stage: str = "train") -> nn.Module:
+        step_fn: StepFn | None = None, optimizer: str = "sgd",
+        stage: str = "train") -> nn.Module:
     """Train `model` on `data`; returns the same model, trained.
 
     The hooks make this the one loop of every recipe: `transform` edits each batch (EP and
     BTI replace a share with triggered or inverted images), `loss_fn` replaces plain CE
     (FST's penalty, NAD's distillation), `step_fn` replaces backward-and-step (PAM and SAM
     take gradients elsewhere), `after_step` runs after each step (FST's projection, FP's
-    mask).
+    mask). `optimizer` is "sgd" (with momentum) or "adam" (BTI-DBF(U)'s unlearning).
     """
     device = device or pick_device()
     prepare(model, device)
     loader = DeviceLoader(data, batch_size, shuffle=True, augment=augment, device=device,
                           seed=seed)
-    opt = sgd(params if params is not None else model.parameters(), lr, momentum, weight_decay)
+    trainable = params if params is not None else model.parameters()
+    opt = (torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
+           else sgd(trainable, lr, momentum, weight_decay))
     total = epochs * len(loader)
     loss = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=label_smoothing))
     sched = cosine(opt, total) if schedule == "cosine" else None
     model.train()
     step = 0
     for epoch in range(epochs):
-        for x, y in loader:
+        for x, y, index in loader.indexed():
             if transform is not None:
-                x, y = transform(x, y)
+                x, y = transform(x, y, index)
             if step_fn is not None:
                 step_fn(model, x, y, opt, loss)
             else:

@@ -53,6 +53,17 @@ class ImageSet:
         h.update(self.y.detach().cpu().to(torch.int64).numpy().tobytes())
         return h.hexdigest()
 
+    def image_digests(self) -> list[bytes]:
+        """One digest per image (its pixels only): identical images, identical digests."""
+        rows = self.x.detach().cpu().contiguous().view(len(self), -1).numpy()
+        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+
+    def shared_with(self, other: ImageSet) -> torch.Tensor:
+        """Positions in this set of images that also occur, pixel for pixel, in `other`."""
+        theirs = set(other.image_digests())
+        return torch.tensor([i for i, d in enumerate(self.image_digests()) if d in theirs],
+                            dtype=torch.long)
+
     @staticmethod
     def concat(*sets: ImageSet) -> ImageSet:
         """Several sets as one (same image size and classes)."""

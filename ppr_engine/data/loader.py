@@ -59,6 +59,11 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, _ in self.indexed():
+            yield x, y
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches with each image's index in its source (for sample-specific triggers)."""
         n = len(self.ds)
         order = (torch.randperm(n, generator=self.generator) if self.shuffle
                  else torch.arange(n)).to(self.device)
@@ -69,4 +74,4 @@ class DeviceLoader:
             x = self.ds.x[idx]
             if self.augment:
                 x = random_crop_flip(x, self.generator)
-            yield to_float(x), self.ds.y[idx]
+            yield to_float(x), self.ds.y[idx], self.ds.index[idx]

@@ -24,7 +24,7 @@ from ..attacks import Trigger
 from ..data import ImageSet
 from ..models import head_of
 from ..registry import Registry
-from ..train import Progress, accuracy, no_progress
+from ..train import Batch, Progress, accuracy, no_progress
 
 
 @dataclass
@@ -71,6 +71,30 @@ class TuneParams(BaseModel):
                 "augment": self.augment}
 
 
+class ScaledBudget(BaseModel):
+    """An epoch budget counted at a reference set size.
+
+    The authors' budgets (30 epochs per round, ...) are epochs over their defender's set,
+    5% of CIFAR-10's training set (2,500 images). Counted in epochs, a 1,000-image set would
+    get 40% of the reference's optimizer steps; with `scale_to` the epochs are multiplied by
+    `scale_to / n` so that the number of steps matches the reference (`scaled_epochs`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1)
+    scale_to: int | None = Field(2500, ge=1, description="epochs are counted for a defender's "
+                                 "set of this size (more epochs on a smaller set, the same "
+                                 "number of optimizer steps); null: epochs as given")
+
+
+def scaled_epochs(p: ScaledBudget, n: int) -> int:
+    """`p.epochs` scaled to a set of `n` images (at least 1 epoch; unscaled above scale_to
+    only by the same rule, so a larger set gets fewer epochs and the same steps)."""
+    if p.scale_to is None or n <= 0:
+        return p.epochs
+    return max(1, round(p.epochs * p.scale_to / n))
+
+
 def purify(name: str, model: nn.Module, ctx: DefenseContext,
            params: dict[str, Any] | BaseModel | None = None) -> Purified:
     """Run method `name` on a copy of `model`; the input model is never modified."""
@@ -109,32 +133,37 @@ def reinit_head(model: nn.Module, seed: int) -> nn.Linear:
     return head
 
 
-def replace_share(fn: Callable[[torch.Tensor], torch.Tensor], ratio: float
-                  ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+Replacement = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, index) -> images
+
+
+def replace_share(fn: Replacement, ratio: float) -> Batch:
     """A batch transform replacing the first `ratio` of each (shuffled) batch by fn(x),
     labels unchanged: the unlearning data of EP, BTI-DBF(U) and PAM."""
 
-    def transform(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         k = int(round(ratio * len(x)))
         if k == 0:
             return x, y
         x = x.clone()
         with torch.no_grad():
-            x[:k] = fn(x[:k]).to(x.dtype)
+            x[:k] = fn(x[:k], index[:k]).to(x.dtype)
         return x, y
 
     return transform
 
 
-def triggers_fn(triggers: list[Trigger]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Apply the known triggers to consecutive slices of a batch (EP's oracle data)."""
+def triggers_fn(triggers: list[Trigger], split: str = "train") -> Replacement:
+    """Apply the known triggers to consecutive slices of a batch (EP's oracle data); images
+    keep their source index, so sample-specific triggers find their poisoned version in the
+    attack's `split` (the defender's images come from the training split)."""
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        parts = torch.tensor_split(torch.arange(len(x)), len(triggers))
+    def fn(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        parts = torch.tensor_split(torch.arange(len(x), device=x.device), len(triggers))
         out = x.clone()
         for trig, idx in zip(triggers, parts, strict=True):
             if len(idx):
-                out[idx] = trig.apply(x[idx])
+                out[idx] = trig.apply(x[idx], index[idx], split)
         return out
 
     return fn

@@ -25,5 +25,6 @@ def ep(model, ctx: DefenseContext, p: EPParams) -> Purified:
     if not ctx.triggers:
         raise SpecError("ep needs the trigger: give at least one entry in `triggers`")
     fit(model, ctx.clean, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
-        transform=replace_share(triggers_fn(ctx.triggers), p.ratio), stage="ep", **p.fit_kwargs())
+        transform=replace_share(triggers_fn(ctx.triggers, ctx.clean.split), p.ratio),
+        stage="ep", **p.fit_kwargs())
     return Purified(model, {"triggers": [type(t).__name__ for t in ctx.triggers]})

@@ -1,17 +1,27 @@
-"""PAM, Path-Aware Minimization (Min et al., NeurIPS 2024), as METHODS.md §3 states it.
+"""PAM, Path-Aware Minimization (Min et al., NeurIPS 2024), as the authors run it.
 
-Reference point theta_bd (the backdoored weights, copied before purification). Each step:
-d = theta_bd - theta over the trainable parameters (BN running statistics are buffers and
-are not moved); theta~ = theta + rho * d / ||d||_2 (global norm, so rho is an absolute step
-toward theta_bd; at the first step d = 0 and the step is plain SGD); g = grad CE at theta~;
-restore theta exactly and take the base optimizer's step with g. Data: BTI-DBF's unlearning
-data (a share of each batch replaced by G(x), true labels) or, with `data: trigger`, real
-triggered images with true labels (EP data). Reference: rho 0.5, SGD lr 0.01, momentum
-0.1 (as METHODS.md gives it), no weight decay, 30 epochs, 3 BTI rounds, batch 128.
+The authors' `btidbfu.py --use_pam` (defense.sh): 3 rounds, each of (re-learn BTI-DBF's
+feature mask and trigger generator against the *current*, partly purified model -> 30 epochs
+of PAM unlearning at a constant learning rate), SGD lr 0.01, momentum 0.1, rho 0.5, 20% of
+each batch replaced by G(x) with the true labels, CE only.
+
+The PAM step: reference point theta_bd (the backdoored weights, copied before
+purification); d = theta_bd - theta over the trainable parameters (BN running statistics are
+buffers and are not moved); theta~ = theta + rho * d / ||d||_2 (global norm, so rho is an
+absolute step toward theta_bd; at the first step d = 0 and the step is plain SGD); g = grad
+CE at theta~; restore theta exactly and take the base optimizer's step with g.
+
+With `data: trigger` the unlearning data are real triggered images with their true labels
+(EP's data) and no inversion runs; the rounds then only split the epochs.
+
+Departures: epochs scale to the defender's set (`scale_to`, see `ScaledBudget`), so a
+1,000-image set gets the reference's number of optimizer steps, not 40% of them; the
+optimizer (`sgd` or `adam`) and the schedule (`constant` or `cosine`) are parameters.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -20,17 +30,31 @@ from torch import nn
 
 from ..errors import SpecError
 from ..train import autocast, fit
-from .base import DEFENSES, DefenseContext, Purified, TuneParams, replace_share, triggers_fn
-from .bti import InversionParams, invert
+from .base import (
+    DEFENSES,
+    DefenseContext,
+    Purified,
+    ScaledBudget,
+    replace_share,
+    scaled_epochs,
+    triggers_fn,
+)
+from .bti import InversionParams, Inverter
 
 
-class PAMParams(TuneParams):
-    """PAM parameters."""
+class PAMParams(ScaledBudget):
+    """PAM parameters (the authors' defense.sh values)."""
 
     rho: float = Field(0.5, ge=0, description="step length toward theta_bd")
-    epochs: int = Field(30, ge=1)
-    momentum: float = Field(0.1, ge=0, lt=1)
+    rounds: int = Field(3, ge=1, description="rounds of (inversion, PAM unlearning)")
+    epochs: int = Field(30, ge=1, description="PAM epochs per round (at `scale_to`)")
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.1, ge=0, lt=1, description="the authors' value")
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    schedule: Literal["constant", "cosine"] = Field("constant", description="per round")
+    batch_size: int = Field(128, ge=1)
+    augment: bool = Field(True, description="random crop + flip on the clean set")
     ratio: float = Field(0.2, gt=0, lt=1, description="share of each batch replaced by "
                          "reversed (or triggered) samples")
     data: Literal["bti", "trigger"] = Field("bti", description="unlearning data: BTI-DBF "
@@ -40,12 +64,12 @@ class PAMParams(TuneParams):
 
 def path_shift(params: list[torch.Tensor], reference: list[torch.Tensor], rho: float
                ) -> list[torch.Tensor]:
-    """rho * d / ||d||_2 with d = reference - params (zeros when d = 0)."""
-    d = [r - q.detach() for q, r in zip(params, reference, strict=True)]
-    norm = torch.sqrt(sum((x.float() ** 2).sum() for x in d))
-    if float(norm) == 0.0:
-        return [torch.zeros_like(x) for x in d]
-    return [rho * x / norm for x in d]
+    """rho * d / ||d||_2 with d = reference - params (zeros when d = 0), without a host
+    synchronization: the norm stays on the device and a zero norm divides zeros."""
+    d = torch._foreach_sub(reference, [q.detach() for q in params])
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(d)))
+    scale = rho / (norm + 1e-12)  # d = 0 gives zeros, as in the authors' optimizer
+    return torch._foreach_mul(d, scale)
 
 
 class PAMStep:
@@ -59,44 +83,54 @@ class PAMStep:
         self.reference = [named_ref[n].detach().clone() for n in self.names]
         self.rho = rho
         self.device = device
-        self.last_shift: list[torch.Tensor] = []
 
     def __call__(self, model, x, y, opt, loss_fn) -> None:
-        saved = [q.detach().clone() for q in self.params]
         shift = path_shift(self.params, self.reference, self.rho)
-        self.last_shift = shift
         with torch.no_grad():
-            for q, s in zip(self.params, shift, strict=True):
-                q.add_(s)
+            torch._foreach_add_(self.params, shift)
         opt.zero_grad(set_to_none=True)
         with autocast(self.device):
             loss = loss_fn(model, x, y)
         loss.backward()
         with torch.no_grad():
-            for q, s in zip(self.params, saved, strict=True):
-                q.copy_(s)
+            torch._foreach_sub_(self.params, shift)
         opt.step()
 
+    def distance(self) -> float:
+        """||theta - theta_bd||_2 over the trainable parameters."""
+        d = torch._foreach_sub(self.reference, [q.detach() for q in self.params])
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(d))))
 
-@DEFENSES.register("pam", params=PAMParams, summary="PAM: path-aware minimization")
+
+@DEFENSES.register("pam", params=PAMParams, summary="PAM: path-aware minimization, rounds of "
+                   "BTI-DBF inversion and path-aware unlearning")
 def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
     """Unlearn while asking for low loss at a point moved toward theta_bd."""
-    import copy
-
     reference = copy.deepcopy(model).eval()
     record: dict = {"data": p.data}
+    inverter: Inverter | None = None
     if p.data == "trigger":
         if not ctx.triggers:
             raise SpecError("pam with data: trigger needs a trigger in `triggers`")
-        fn = triggers_fn(ctx.triggers)
+        transform = replace_share(triggers_fn(ctx.triggers, ctx.clean.split), p.ratio)
     else:
-        inv = invert(reference, ctx, p.inversion)
-        fn = inv["generator"]
-        record["detected_target"] = inv["target"]
+        inverter = Inverter(reference, ctx, p.inversion)
     step = PAMStep(model, reference, p.rho, ctx.device)
-    fit(model, ctx.clean, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
-        transform=replace_share(fn, p.ratio), step_fn=step, stage="pam", **p.fit_kwargs())
-    distance = torch.sqrt(sum(((q.detach() - r) ** 2).sum() for q, r in zip(
-        step.params, step.reference, strict=True)))
-    record["distance_to_bd"] = float(distance)
+    epochs = scaled_epochs(p, len(ctx.clean))
+    for r in range(p.rounds):
+        if inverter is not None:
+            inverter.run_round(model, ctx.progress)
+            transform = inverter.replace(p.ratio)
+        # the momentum buffer restarts each round (the authors keep one optimizer; at
+        # momentum 0.1 a buffer fades within a few steps)
+        fit(model, ctx.clean, epochs=epochs, lr=p.lr, momentum=p.momentum,
+            weight_decay=p.weight_decay, batch_size=p.batch_size, schedule=p.schedule,
+            augment=p.augment, optimizer=p.optimizer, device=ctx.device, seed=ctx.seed + r,
+            progress=ctx.progress, transform=transform, step_fn=step,
+            stage=f"pam round {r + 1}/{p.rounds}")
+    if inverter is not None and inverter.detection is not None:
+        record["detection"] = inverter.detection.record()
+        record["detected_target"] = inverter.detection.target
+    record["epochs_per_round"] = epochs
+    record["distance_to_bd"] = step.distance()
     return Purified(model, record)

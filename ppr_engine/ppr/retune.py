@@ -2,9 +2,12 @@
 clean ones and measure how much of the backdoor comes back (P-ASR).
 
 Reference budget (METHODS.md §4): `clean_num` + `poison_num` images drawn with RA's own
-seed (not the defender's); the poisoned ones are non-target images with the trigger,
-labelled with the target, not augmented; the clean ones are augmented once (frozen); all
-parameters; SGD lr 0.01, momentum 0.9, no weight decay, no schedule, batch 128, 5 epochs.
+seed from the attacker's pool (never the defender's images); the poisoned ones are
+non-target images with the trigger, labelled with the target, not augmented (for
+clean-label attacks, SIG and LC, they are target-class images with the trigger, as the
+authors retune with the attack's own poisoned training images); the clean ones are
+augmented once (frozen); all parameters; SGD lr 0.01, momentum 0.9, no weight decay, no
+schedule, batch 128, 5 epochs.
 """
 
 from __future__ import annotations
@@ -32,20 +35,22 @@ class RetuneSet:
 
 def build_retune_set(pool: ImageSet, trigger: Trigger, poison_num: int, clean_num: int,
                      seed: int) -> RetuneSet:
-    """Draw `clean_num` clean and `poison_num` poisoned (non-target) samples from `pool`."""
+    """Draw `clean_num` clean and `poison_num` poisoned samples from `pool`: non-target
+    images relabelled to the target, or target-class images for clean-label attacks."""
     g = torch.Generator().manual_seed(seed)
     y = pool.y.cpu()
     order = torch.randperm(len(pool), generator=g)
-    non_target = order[y[order] != trigger.target]
-    poison_pos = non_target[:poison_num]
+    eligible = (y[order] == trigger.target) if trigger.clean_label else (y[order] != trigger.target)
+    poison_pos = order[eligible][:poison_num]
     used = torch.zeros(len(pool), dtype=torch.bool)
     used[poison_pos] = True
     clean_pos = order[~used[order]][:clean_num]
     if len(poison_pos) < poison_num or len(clean_pos) < clean_num:
         from ..errors import SpecError
 
+        kind = "target-class" if trigger.clean_label else "non-target"
         raise SpecError(f"retune: the attacker's pool has {len(pool)} images, too few for "
-                        f"{poison_num} poisoned + {clean_num} clean")
+                        f"{poison_num} poisoned ({kind}) + {clean_num} clean")
     clean = pool.subset(clean_pos)
     clean_x = random_crop_flip(clean.x, torch.Generator().manual_seed(seed + 1))
     poisoned = pool.subset(poison_pos)

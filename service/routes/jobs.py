@@ -21,7 +21,8 @@ router = APIRouter(tags=["jobs"])
 
 EXAMPLE_SPEC = {
     "model": {"arch": "small_cnn", "num_classes": 10},
-    "data": {"clean": "synthetic:?n=1000&seed=2", "test": "synthetic:?n=1000&seed=1"},
+    "data": {"clean": "synthetic:?n=1000&seed=2", "test": "synthetic:?n=1000&seed=1",
+             "attacker": "synthetic:?n=2000&seed=3"},
     "triggers": [{"attack": "badnets", "target": 0}],
     "plan": {"methods": [{"name": "ft"}, {"name": "fst", "alpha": 0.1}, {"name": "ep"},
                          {"name": "pam", "rho": 0.5}],

@@ -4,10 +4,10 @@ baseline bookkeeping, failed stages, progress and cancellation."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from ppr_engine import attacks, audit, data, models, train
+from ppr_engine import audit
 from ppr_engine.checkpoint import save_model
+from ppr_engine.demo import demo_spec, make_demo_model
 from ppr_engine.errors import Cancelled
 from ppr_engine.spec import validate_spec
 
@@ -15,47 +15,31 @@ DATA = {"clean": "synthetic:?n=1000&seed=2", "test": "synthetic:?n=1000&seed=1",
         "attacker": "synthetic:?n=2000&seed=3"}
 
 
-def _train(ds, device):
-    torch.manual_seed(0)
-    return train.fit(models.create("small_cnn"), ds, epochs=15, lr=0.05, augment=True,
-                     device=device)
-
-
 @pytest.fixture(scope="module")
-def augmented_pair(tmp_path_factory, device):
-    """A BadNets model and a clean model, both trained with crop+flip (15 epochs), saved."""
-    root = tmp_path_factory.mktemp("pair")
-    tr = data.make_synthetic(4000, seed=0)
-    trig = attacks.build_trigger("badnets", {"target": 0})
-    bd = _train(attacks.poison_training_set(tr, trig, 0.1, seed=0).data, device)
-    clean = _train(tr, device)
-    save_model(bd, root / "bd.safetensors")
-    save_model(clean, root / "clean.safetensors")
-    return root / "bd.safetensors", root / "clean.safetensors"
+def demo_report(tmp_path_factory):
+    """The demo's audit without QRA and LMC: its model, data, methods and RA sweep."""
+    ckpt = tmp_path_factory.mktemp("demo") / "backdoored.safetensors"
+    make_demo_model(ckpt)
+    return audit.run(demo_spec(quick=True), ckpt).report
 
 
-def test_known_answer_lp_is_flagged_superficial(augmented_pair):
-    """LP re-initializes the head and trains only the head: the backdoor features stay. Its
-    O-ASR is low, yet a small RA budget (5 poisoned images, 10 epochs) brings the backdoor
-    back far faster than on a model trained clean (measured: P-ASR 0.39 vs 0.08)."""
-    bd, clean = augmented_pair
-    spec = validate_spec({
-        "model": {"arch": "small_cnn"}, "data": DATA, "reference": str(clean),
-        "triggers": [{"attack": "badnets", "target": 0}],
-        "plan": {"methods": [{"name": "lp", "epochs": 2, "augment": False}],
-                 "retune": {"poison_num": 5, "clean_num": 995, "epochs": 10},
-                 "qra": {"enabled": False}, "lmc": {"enabled": False}},
-        "gate": ["lp.o_asr <= 0.2", "lp.gap <= 0.2"]})
-    report = audit.run(spec, bd).report
-    lp = report.method("lp")
-    assert report.baseline.kind == "reference" and "clean.safetensors" in \
-        report.baseline.description
-    assert report.model.asr["badnets->0"] >= 0.9
-    assert lp.o_asr <= 0.2, f"LP O-ASR {lp.o_asr:.3f}"
-    assert lp.p_asr >= 3 * lp.baseline_p_asr and lp.gap >= 0.2, (lp.p_asr, lp.baseline_p_asr)
-    assert lp.verdict == "superficial"
-    assert report.gate.passed is False
-    assert [c.passed for c in report.gate.clauses] == [True, False]
+def test_known_answer_the_demo_tells_the_papers_story(demo_report):
+    """On the demo's data (BadNets, target 3): FT and LP do not remove the backdoor; FST and
+    BTI-DBF remove it but a retuning budget brings it back far faster than on the EP
+    baseline (superficial); EP and PAM, which finds the trigger by inversion, are robust;
+    the demo's gate passes."""
+    r = demo_report
+    verdicts = {m.key: m.verdict for m in r.methods}
+    assert r.model.asr["badnets->3"] >= 0.9
+    assert verdicts == {"ft": "not_removed", "lp": "not_removed", "fst": "superficial",
+                        "bti_dbf": "superficial", "ep": "robust", "pam": "robust"}, verdicts
+    for key in ("fst", "bti_dbf"):  # caught by the sweep: some budget far above the baseline
+        assert r.method(key).max_gap > 0.2 and r.method(key).o_asr <= 0.2
+    pam = r.method("pam")
+    assert pam.record["detection"]["target"] == 3 and pam.record["detection"]["confident"]
+    assert pam.o_cacc >= r.model.c_acc - 0.10
+    assert r.gate.passed, r.gate
+    assert "max_gap" in r.verdict_rule
 
 
 def _quick_spec(**plan):

@@ -12,14 +12,15 @@ from ppr_engine.defenses import DEFENSES, DefenseContext, purify
 from ppr_engine.defenses.bti import InversionParams, invert
 from ppr_engine.defenses.fst import fst_penalty
 from ppr_engine.defenses.pam import PAMStep, path_shift
+from ppr_engine.demo import DEMO_INVERSION as SMALL_INVERSION
 
-SMALL_INVERSION = {"rounds": 2, "pretrain_epochs": 5, "mask_epochs": 5, "gen_epochs": 10,
-                   "round_unlearn_epochs": 1}
 # Test budgets: the reference epochs scaled to a 900-image clean set and a 4-MMAC net;
 # augmentation off as in the fixtures' training. Each entry: (params, removes backdoor?).
 CASES = {
     "ft": ({"epochs": 10, "augment": False}, False),
     "lp": ({"epochs": 10, "augment": False}, False),
+    "tsbd": ({"epochs": 10, "augment": False, "unlearn_lr": 1e-3, "max_unlearn_epochs": 20},
+             True),
     "ft_init": ({"epochs": 10, "augment": False}, False),
     "fe_tuning": ({"epochs": 10, "lr": 0.05, "augment": False}, True),
     "fst": ({"epochs": 10, "augment": False}, True),
@@ -28,15 +29,17 @@ CASES = {
     "anp": ({"iterations": 400}, False),
     "ibau": ({"rounds": 10, "lr": 1e-3}, False),
     "ft_sam": ({"epochs": 20, "augment": False, "lr": 0.02}, True),
-    "bti_dbf": ({"epochs": 10, "augment": False, "inversion": SMALL_INVERSION}, True),
+    "bti_dbf": ({"rounds": 2, "epochs": 30, "scale_to": None, "augment": False,
+                 "inversion": SMALL_INVERSION}, True),
     "ep": ({"epochs": 10, "augment": False}, True),
-    "pam": ({"epochs": 10, "augment": False, "rho": 0.2, "data": "trigger"}, True),
+    "pam": ({"rounds": 1, "epochs": 10, "scale_to": None, "momentum": 0.9, "augment": False,
+             "data": "trigger"}, True),
 }
 # Why some methods are not expected to remove this backdoor here:
 # - ft, ft_init: plain fine-tuning on 900 clean images keeps the BadNets shortcut; METHODS.md
 #   §4 records the same for FT on a small CPU setting. The test checks only C-Acc for them.
-# - lp: the extractor is frozen, so the trigger feature stays and the new head learns to use
-#   it again: ASR must stay high (this is the superficial-safety case the audit must catch).
+# - lp: the original head is tuned alone on top of the frozen extractor (the authors' LP), so
+#   the backdoor stays: ASR must stay high.
 # - ibau: at 10 rounds x 8 Adam steps (lr 1e-3) ASR falls (0.99 -> about 0.45) but not below
 #   0.2; a larger learning rate removes it and costs more than 0.10 C-Acc (measured 0.65).
 # - nad: distillation lowers ASR (measured 0.99 -> 0.23 to 0.51 across seeds) but not
@@ -111,13 +114,13 @@ def test_fst_projects_the_head_norm_after_every_step_and_penalizes_the_weight_on
         kw.update(after_step=checked, loss_fn=loss_fn, epochs=2)
         return real_fit(model, ds, **kw)
 
-    import ppr_engine.defenses.fst as fst_mod
+    import ppr_engine.defenses.ft as ft_mod
 
-    fst_mod.fit, saved = spy_fit, fst_mod.fit
+    ft_mod.fit, saved = spy_fit, ft_mod.fit
     try:
         purify("fst", backdoored, ctx, {"epochs": 2, "augment": False})
     finally:
-        fst_mod.fit = saved
+        ft_mod.fit = saved
     assert len(norms) == 2 * 8  # every step of 2 epochs x 8 batches
     assert all(abs(n - float(w_ori.norm())) < 1e-4 for n in norms)
     assert all(g is None or float(g.abs().max()) < 1e-6 for g in bias_grads)
@@ -187,8 +190,8 @@ def test_ep_unlearning_samples_carry_true_labels(ctx, backdoored):
     def spy(fn, ratio):
         transform = real(fn, ratio)
 
-        def wrapped(x, y):
-            x2, y2 = transform(x, y)
+        def wrapped(x, y, index):
+            x2, y2 = transform(x, y, index)
             seen.append((x, y, x2, y2))
             return x2, y2
         return wrapped
@@ -217,8 +220,8 @@ def test_ep_without_a_trigger_is_refused(defender_set, backdoored, device):
 
 
 def test_bti_dbf_detects_the_true_target(ctx, backdoored):
-    inv = invert(copy.deepcopy(backdoored), ctx, InversionParams(**SMALL_INVERSION))
-    assert inv["target"] == 0, f"detected {inv['target']}, histogram {inv['histogram']}"
+    det = invert(copy.deepcopy(backdoored), ctx, InversionParams(**SMALL_INVERSION)).detection
+    assert det.target == 0 and det.confident, det
 
 
 def test_unknown_parameters_are_refused():
@@ -227,3 +230,50 @@ def test_unknown_parameters_are_refused():
     with pytest.raises(SpecError, match="pam: invalid parameters: roh"):
         DEFENSES.get("pam").parse({"roh": 0.5})
     assert attacks.ATTACKS.get("badnets").parse({}).size == 3
+
+
+def test_lp_keeps_the_original_head_and_ft_init_replaces_it(ctx, backdoored):
+    w_ori = models.head_of(backdoored).weight.detach().clone()
+    body = {k: v.detach().clone() for k, v in backdoored.named_parameters() if "linear" not in k}
+    lp = purify("lp", backdoored, ctx, {"epochs": 2, "augment": False})
+    w_lp = models.head_of(lp.model).weight.detach()
+    assert lp.record["head_reinitialized"] is False
+    assert F.cosine_similarity(w_lp.flatten(), w_ori.flatten(), 0) > 0.9  # tuned from W_ori
+    for k, v in lp.model.named_parameters():  # the extractor's weights are untouched
+        if k in body:  # (its BN statistics follow the data in train mode, as the authors')
+            assert torch.equal(v.detach(), body[k]), k
+    ft_init = purify("ft_init", backdoored, ctx, {"epochs": 2, "augment": False})
+    w_init = models.head_of(ft_init.model).weight.detach()
+    assert ft_init.record["head_reinitialized"] is True
+    assert abs(float(F.cosine_similarity(w_init.flatten(), w_ori.flatten(), 0))) < 0.5
+
+
+@pytest.mark.parametrize("name", ["ft", "lp", "ft_init", "fe_tuning"])
+def test_every_ft_mode_keeps_the_head_at_its_original_norm_without_weight_decay(
+        name, ctx, backdoored):
+    norm = float(models.head_of(backdoored).weight.norm())
+    assert DEFENSES.get(name).parse({}).weight_decay == 0.0
+    out = purify(name, backdoored, ctx, {"epochs": 1, "augment": False})
+    assert float(models.head_of(out.model).weight.norm()) == pytest.approx(norm, rel=1e-5)
+    free = purify(name, backdoored, ctx, {"epochs": 1, "augment": False,
+                                          "project_head_norm": False})
+    # without the projection the norm drifts (by about 3e-4 relative in one epoch here)
+    assert float(models.head_of(free.model).weight.norm()) != pytest.approx(norm, rel=1e-5)
+
+
+def test_tsbd_chooses_n_on_the_validation_split(ctx, backdoored):
+    out = purify("tsbd", backdoored, ctx, CASES["tsbd"][0])
+    trace, val0 = out.record["n_trace"], out.record["val_acc_before"]
+    keep = [t["n"] for t in trace if t["val_acc"] >= 0.5 * val0]
+    assert out.record["n"] == max(keep)  # the largest n whose zeroed model keeps val acc
+    assert [t["n"] for t in trace] == sorted(t["n"] for t in trace)
+    # the trace's accuracies are validation accuracies: recompute one from ctx.val
+    from ppr_engine.defenses.tsbd import TSBDParams, clean_unlearn, weight_changes, zero_top_changes
+
+    p = TSBDParams(**CASES["tsbd"][0])
+    torch.manual_seed(0)
+    unlearned, _ = clean_unlearn(copy.deepcopy(backdoored), ctx, p)
+    zeroed, _ = zero_top_changes(backdoored, weight_changes(backdoored, unlearned),
+                                 out.record["n"], p.m)
+    chosen = next(t for t in trace if t["n"] == out.record["n"])
+    assert metrics.clean_accuracy(zeroed, ctx.val) == pytest.approx(chosen["val_acc"], abs=1e-3)

@@ -64,3 +64,19 @@ def test_html_renders_in_a_headless_browser(report, tmp_path):
     subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,1600",
                     page.as_uri()], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000  # a real rendering, not blank
+
+
+def test_an_unconfident_detection_is_shown_not_hidden():
+    from ppr_engine.report import MethodResult
+
+    det = {"target": 6, "confidence": 0.31, "margin": 0.05, "confident": False,
+           "histogram": []}
+    r = AuditReport(methods=[MethodResult(key="pam", method="pam", record={"detection": det})],
+                    verdict_rule="the rule")
+    md, html = render(r, "md")[0], render(r, "html")[0]
+    for text in (md, html):
+        assert "detected target class 6 (confidence 0.31" in text and "NOT CONFIDENT" in text
+        assert "Verdicts: the rule." in text
+    r.methods[0].record["detection"] = {**det, "target": 3, "confidence": 0.97,
+                                        "confident": True}
+    assert "NOT CONFIDENT" not in render(r, "md")[0]
