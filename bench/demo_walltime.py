@@ -26,14 +26,19 @@ def main() -> None:
         t2 = time.perf_counter()
     stages = {m.key: {s.name: s.seconds for s in m.stages} for m in report.methods}
     write("demo_walltime", {
-        "what": "ppr demo: backdoor training + audit (LP, FT, FST, EP, PAM, BTI-DBF; RA with "
+        "what": "ppr demo: backdoor training + audit (FT, LP, FST, BTI-DBF, EP, PAM; RA with "
                 "sweep, QRA, LMC)",
+        "gate_passed": report.gate.passed,
         "backdoor_seconds": round(t1 - t0, 1), "audit_seconds": round(t2 - t1, 1),
         "total_seconds": round(t2 - t0, 1), "backdoored": {"c_acc": info["c_acc"],
                                                            "asr": info["asr"]},
         "stages_seconds": stages,
         "table": [{"method": m.key, "o_cacc": m.o_cacc, "o_asr": m.o_asr, "p_asr": m.p_asr,
-                   "baseline_p_asr": m.baseline_p_asr, "qra_asr": m.qra_asr,
+                   "baseline_p_asr": m.baseline_p_asr, "max_gap": m.max_gap,
+                   "sweep": {p.poison_num: p.p_asr for p in m.per_trigger[0].sweep},
+                   "baseline_sweep": {p.poison_num: p.baseline_p_asr
+                                      for p in m.per_trigger[0].sweep},
+                   "qra_asr": m.qra_asr, "detection": m.record.get("detection"),
                    "lmc_lambda50": m.lmc_lambda50, "verdict": m.verdict}
                   for m in report.methods]})
 
