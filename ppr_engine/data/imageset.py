@@ -55,7 +55,7 @@ class ImageSet:
 
     def image_digests(self) -> list[bytes]:
         """One digest per image (its pixels only): identical images, identical digests."""
-        rows = self.x.detach().cpu().contiguous().view(len(self), -1).numpy()
+        rows = self.x.detach().cpu().contiguous().flatten(1).numpy()  # empty sets too
         return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 
     def shared_with(self, other: ImageSet) -> torch.Tensor:

@@ -26,7 +26,9 @@ Departures, each for a stated reason:
   never leaves the pixel fall-back).
 - Detection reports a confidence (the share of non-target images G sends to the detected
   class, and its margin over the runner-up). Below `min_confidence` the record says
-  `confident: false` and later rounds do not pull G toward an unconfirmed class.
+  `confident: false` and later rounds do not pull G toward an unconfirmed class. A high
+  confidence is not proof: on SIG models of the detection bench the generator sent most
+  images to a wrong class (docs/RESULTS.md).
 - Unlearning epochs scale to the defender's set (`scale_to`), so a small set gets the
   reference's number of optimizer steps (see `scaled_epochs`).
 """

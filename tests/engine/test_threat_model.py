@@ -125,3 +125,11 @@ def test_sample_specific_triggers_use_the_test_bank_for_test_images_whatever_the
     assert not failed, failed
     ep = report.method("ep")
     assert ep.o_asr is not None and ep.p_asr is not None
+
+
+def test_an_empty_attacker_pool_has_no_shared_images():
+    """With RA and QRA off nothing is set aside for the attacker: the empty pool compares."""
+    ds = data.make_synthetic(10, seed=0)
+    empty = ds.subset(torch.tensor([], dtype=torch.long))
+    assert len(empty.shared_with(ds)) == 0 and len(ds.shared_with(empty)) == 0
+    assert len(ds.shared_with(ds)) == 10
