@@ -225,6 +225,7 @@ def test_dataset_upload_validation_and_use(client, app, settings, small_checkpoi
     assert [d["id"] for d in client.get("/v1/datasets").json()] == [ds["id"]]
     spec = quick_spec()
     spec["data"]["clean"] = ds["ref"]
+    spec["data"]["attacker"] = "synthetic:?n=300&seed=3"  # 20 images cannot spare RA's 100
     spec["model"]["num_classes"] = 10
     job_id = submit(client, small_checkpoint, spec).json()["id"]
     assert run(app, job_id).status == "succeeded"
