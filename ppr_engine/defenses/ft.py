@@ -51,7 +51,8 @@ def tune(model, ctx: DefenseContext, p: FTParams, *, reinit: bool, train_head: b
     head_ids = {id(q) for q in head.parameters()}
     trained = [q for q in model.parameters()
                if (id(q) in head_ids and train_head) or (id(q) not in head_ids and train_body)]
-    frozen = [q for q in model.parameters() if all(q is not t for t in trained)]
+    trained_ids = {id(q) for q in trained}
+    frozen = [q for q in model.parameters() if id(q) not in trained_ids]
     for q in frozen:
         q.requires_grad_(False)
     try:
