@@ -41,6 +41,7 @@ from .report import (
     StageStatus,
     SweepPoint,
     TriggerResult,
+    headline,
 )
 from .spec import AuditSpec, MethodSpec
 from .train import pick_device
@@ -362,6 +363,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         res.seconds = round(sum(st.seconds for st in res.stages), 3)
     report.methods = list(results.values())
     report.verdict_rule = VERDICT_RULE
+    report.headline = headline(report)
     report.gate = evaluate(spec.gate, report)
     report.seconds = round(time.perf_counter() - t0, 3)
     report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -98,6 +98,7 @@ def _print_report(report, as_json: bool) -> None:
         typer.echo(report.model_dump_json(indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -106,9 +107,13 @@ def _print_report(report, as_json: bool) -> None:
                   f"RA baseline: {report.baseline.kind} (P-ASR "
                   f"{', '.join(fmt(v) for v in report.baseline.p_asr.values()) or '-'})")
     table = Table(*TABLE_HEADER)
+    styles = {"robust": "green", "superficial": "dark_orange", "not_removed": "red"}
     for row in table_rows(report):
-        table.add_row(*row)
+        verdict = row[-2]
+        table.add_row(*row[:-2], f"[{styles.get(verdict, 'dim')}]{verdict}[/]", row[-1])
     console.print(table)
+    if report.headline:
+        console.print(f"[bold]{escape(report.headline)}[/bold]")
     for m in report.methods:
         for s in m.stages:
             if s.status == "failed":

@@ -67,7 +67,14 @@ def _method_value(m: MethodResult, field: str) -> float | None:
 
 
 def evaluate_clause(clause: Clause, report: AuditReport) -> GateClause:
-    """Evaluate one clause against a report."""
+    """Evaluate one clause against a report; the result names its operator and threshold
+    so that CI reports can print "measured 0.41, required <= 0.2"."""
+    result = _measure(clause, report)
+    result.op, result.threshold = clause.op, clause.threshold
+    return result
+
+
+def _measure(clause: Clause, report: AuditReport) -> GateClause:
     op = OPS[clause.op]
 
     def check(v: float | None) -> bool:

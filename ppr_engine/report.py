@@ -113,12 +113,14 @@ class BaselineInfo(BaseModel):
 
 
 class GateClause(BaseModel):
-    """One gate clause with the value it saw."""
+    """One gate clause with the value it saw (and, for CI reports, its parts)."""
 
     expr: str
     passed: bool
     value: float | list[float | None] | None = None
     detail: str = ""
+    op: str | None = None
+    threshold: float | None = None
 
 
 class GateVerdict(BaseModel):
@@ -155,6 +157,7 @@ class AuditReport(BaseModel):
     stages: list[StageStatus] = Field(default_factory=list)
     provenance: Provenance = Field(default_factory=Provenance)
     verdict_rule: str = Field("", description="how the verdicts were reached")
+    headline: str = Field("", description="the finding in one sentence (see headline())")
     seconds: float = 0.0
 
     def method(self, key: str) -> MethodResult | None:
@@ -178,6 +181,122 @@ def detection_notes(report: AuditReport) -> list[tuple[str, bool]]:
     return notes
 
 
+def display_name(key: str) -> str:
+    """A method key as people write it: bti_dbf -> BTI-DBF."""
+    return key.upper().replace("_", "-")
+
+
+def _names(items: list[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _retune_spec(report: AuditReport) -> dict[str, Any]:
+    return (report.provenance.spec.get("plan") or {}).get("retune") or {}
+
+
+def ra_budgets(report: AuditReport, t: TriggerResult) -> list[SweepPoint]:
+    """Every RA budget run against one trigger: the reference budget, then the sweep."""
+    rs = _retune_spec(report)
+    ref = ([SweepPoint(poison_num=rs["poison_num"], epochs=rs.get("epochs", 0), p_asr=t.p_asr,
+                       baseline_p_asr=t.baseline_p_asr)] if "poison_num" in rs else [])
+    return ref + list(t.sweep)
+
+
+def telling_budget(report: AuditReport, methods: list[MethodResult]) -> tuple[
+        int, int, float, list[float]] | None:
+    """The RA budget that shows `methods` regaining the backdoor most clearly: the one (of
+    those run against every method's first trigger) with the largest smallest gap over the
+    baseline. Returns (poisoned samples, epochs, baseline P-ASR, each method's P-ASR)."""
+    per_method = []
+    for m in methods:
+        pts = {(b.poison_num, b.epochs): b for b in ra_budgets(report, m.per_trigger[0])
+               if b.p_asr is not None and b.baseline_p_asr is not None} if m.per_trigger else {}
+        per_method.append(pts)
+    common = set.intersection(*(set(p) for p in per_method)) if per_method else set()
+    if not common:
+        return None
+    best = max(sorted(common), key=lambda k: min(p[k].p_asr - p[k].baseline_p_asr
+                                                 for p in per_method))
+    return (best[0], best[1], per_method[0][best].baseline_p_asr,
+            [p[best].p_asr for p in per_method])
+
+
+def headline(report: AuditReport) -> str:
+    """The finding in one sentence, the first thing a reader sees, e.g. "2 of 6 defenses only
+    hide the backdoor: FST regains ASR 0.86 and BTI-DBF 0.79 after retuning with 20 poisoned
+    images; the baseline regains 0.10." Built only from the report's own numbers."""
+    bd = max(report.model.asr.values(), default=None)
+    n = len(report.methods)
+    if n == 0:
+        return (f"No defense was run: the submitted model has C-Acc {fmt(report.model.c_acc, 2)}"
+                f" and ASR {fmt(bd, 2)}.")
+    by = {v: [m for m in report.methods if m.verdict == v]
+          for v in ("superficial", "not_removed", "robust", "unknown")}
+    parts = []
+    if by["superficial"]:
+        names = [display_name(m.key) for m in by["superficial"]]
+        text = (f"{len(names)} of {n} defenses only "
+                f"{'hides' if len(names) == 1 else 'hide'} the backdoor")
+        shown = telling_budget(report, by["superficial"])
+        if shown:
+            poison, _, base, p_asr = shown
+            regain = [f"{name} regains ASR {v:.2f}" if i == 0 else f"{name} {v:.2f}"
+                      for i, (name, v) in enumerate(zip(names, p_asr, strict=True))]
+            text += (f": {_names(regain)} after retuning with {poison} poisoned images; the "
+                     f"baseline regains {base:.2f}")
+        else:
+            text += f": {_names(names)}"
+        parts.append(text)
+    if by["not_removed"]:
+        names = [display_name(m.key) for m in by["not_removed"]]
+        worst_o = max((m.o_asr for m in by["not_removed"] if m.o_asr is not None), default=None)
+        parts.append(f"{_names(names)} {'does' if len(names) == 1 else 'do'} not remove it "
+                     f"(O-ASR up to {fmt(worst_o, 2)})")
+    if by["robust"]:
+        names = [display_name(m.key) for m in by["robust"]]
+        gap = _retune_spec(report).get("superficial_gap")
+        within = f"within {gap:.2f} of the baseline " if gap is not None else ""
+        parts.append(f"{_names(names)} {'removes' if len(names) == 1 else 'remove'} it "
+                     f"robustly (P-ASR {within}at every budget)")
+    if by["unknown"]:
+        names = [display_name(m.key) for m in by["unknown"]]
+        parts.append(f"{_names(names)}: no verdict (a stage failed)")
+    sentence = "; ".join(parts)
+    if not by["superficial"]:
+        sentence = f"No defense only hides the backdoor ({n} judged): " + sentence
+    return sentence + "."
+
+
+VERDICT_COLORS = {"robust": "#17803d", "superficial": "#b35c00", "not_removed": "#c0262d",
+                  "unknown": "#666666"}
+VERDICT_MARKS = {"robust": "🟢", "superficial": "🟠", "not_removed": "🔴", "unknown": "⚪"}
+VERDICT_MEANING = {
+    "robust": "the backdoor is removed and stays removed under retuning",
+    "superficial": "ASR is low, but retuning with a few poisoned images brings the backdoor "
+                   "back beyond the baseline",
+    "not_removed": "the purified model still answers the trigger (O-ASR above the limit)",
+    "unknown": "a stage failed, so no verdict",
+}
+GLOSSARY = [
+    ("C-Acc", "accuracy on clean test images"),
+    ("O-ASR", "attack success rate of the purified model: the share of triggered test images "
+              "of other classes classified as the target"),
+    ("RA", "Retuning Attack: fine-tune the purified model on a few poisoned images among clean "
+           "ones, as an attacker with brief access would"),
+    ("P-ASR", "attack success rate after RA"),
+    ("baseline", "a model that never learned the backdoor (a reference model, or EP), "
+                 "retuned the same way: how much ASR retuning alone teaches"),
+    ("gap / max gap", "P-ASR minus the baseline's P-ASR, at the reference budget / the largest "
+                      "over every RA budget; max gap decides the verdict"),
+    ("QRA", "Query-based Reactivation Attack: a small input perturbation that reactivates the "
+            "backdoor in the purified model, learned from queries only"),
+    ("LMC", "linear mode connectivity: ASR along the straight path from the purified (0) to the "
+            "backdoored model (1); a path that stays low means the purified model left the "
+            "backdoor's basin (lambda50 is where ASR first exceeds 0.5)"),
+]
+
+
 def fmt(v: float | None, digits: int = 3) -> str:
     """A number for a table; '-' when it was not computed."""
     return "-" if v is None else f"{v:.{digits}f}"
@@ -198,12 +317,38 @@ def table_rows(report: AuditReport) -> list[list[str]]:
     return rows
 
 
+def sweep_series(report: AuditReport) -> tuple[list[tuple[int, int]], list[tuple[str, list[
+        float | None]]]]:
+    """P-ASR against the RA budget: the budgets (poisoned samples, epochs) in order, and one
+    series per method and trigger, then the baseline's (label 'baseline'), for the sweep
+    table and plot."""
+    triggers = sorted({t.trigger for m in report.methods for t in m.per_trigger})
+    budgets = sorted({(b.poison_num, b.epochs) for m in report.methods for t in m.per_trigger
+                      for b in ra_budgets(report, t)})
+    series: list[tuple[str, list[float | None]]] = []
+    base: dict[str, dict[tuple[int, int], float | None]] = {}
+    for m in report.methods:
+        for t in m.per_trigger:
+            points = {(b.poison_num, b.epochs): b for b in ra_budgets(report, t)}
+            label = m.key if len(triggers) == 1 else f"{m.key} [{t.trigger}]"
+            series.append((label, [points[k].p_asr if k in points else None for k in budgets]))
+            for k, b in points.items():
+                if b.baseline_p_asr is not None:
+                    base.setdefault(t.trigger, {})[k] = b.baseline_p_asr
+    for trig in triggers:
+        if trig in base:
+            label = "baseline" if len(triggers) == 1 else f"baseline [{trig}]"
+            series.append((label, [base[trig].get(k) for k in budgets]))
+    return budgets, series
+
+
 TABLE_HEADER = ["method"] + [c for c, _ in TABLE_COLUMNS] + ["verdict", "seconds"]
 
 
 def to_markdown(report: AuditReport) -> str:
     """Markdown for a pull-request comment."""
     out = [f"## ppr-audit {report.kind} report", ""]
+    out += [f"**{report.headline or headline(report)}**", ""]
     pv = report.provenance
     asr = ", ".join(f"{k}: {fmt(v)}" for k, v in report.model.asr.items())
     out.append(f"Submitted model `{pv.checkpoint_name}` (sha256 `{pv.checkpoint_sha256[:12]}`): "
@@ -217,7 +362,17 @@ def to_markdown(report: AuditReport) -> str:
                        + (f" {c.detail}" if c.detail else ""))
     out += ["", "| " + " | ".join(TABLE_HEADER) + " |",
             "|" + "---|" * len(TABLE_HEADER)]
-    out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    out += ["| " + " | ".join(r[:-2] + [f"{VERDICT_MARKS.get(r[-2], '')} {r[-2]}", r[-1]])
+            + " |" for r in table_rows(report)]
+    out += ["", " ".join(f"{VERDICT_MARKS[v]} **{v}**: {VERDICT_MEANING[v]}." for v in
+                         ("robust", "superficial", "not_removed"))]
+    budgets, series = sweep_series(report)
+    if budgets:
+        out += ["", "P-ASR by retuning budget (poisoned samples, epochs):", "",
+                "| method | " + " | ".join(f"{pn} ({ep} ep)" for pn, ep in budgets) + " |",
+                "|---|" + "---|" * len(budgets)]
+        out += [f"| {label} | " + " | ".join(fmt(v) for v in vals) + " |"
+                for label, vals in series]
     notes = detection_notes(report)
     if notes:
         out += ["", "Trigger inversion:"] + [f"- {t}" for t, _ in notes]
@@ -227,6 +382,9 @@ def to_markdown(report: AuditReport) -> str:
     failed += [s for m in report.methods for s in m.stages if s.status == "failed"]
     if failed:
         out += ["", "Failed stages:"] + [f"- {s.name}: {s.error}" for s in failed]
+    out += ["", "<details><summary>Glossary</summary>", ""]
+    out += [f"- **{term}**: {text}." for term, text in GLOSSARY]
+    out += ["", "</details>"]
     out += ["", f"Engine {pv.engine_version}, torch {pv.torch_version}, device {pv.device}, "
             f"seed {pv.seed}, {report.seconds:.1f} s."]
     return "\n".join(out) + "\n"
@@ -277,39 +435,99 @@ def _bar_chart(report: AuditReport) -> str:
     return "".join(parts)
 
 
+_DASHES = ["", "6,3", "2,3", "8,3,2,3", "12,4", "4,2,1,2"]
+_MARKERS = ["circle", "square", "triangle", "diamond"]
+
+
+def _marker(kind: str, x: float, y: float, color: str) -> str:
+    if kind == "circle":
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>'
+    if kind == "square":
+        return f'<rect x="{x - 3.5:.1f}" y="{y - 3.5:.1f}" width="7" height="7" fill="{color}"/>'
+    if kind == "triangle":
+        return (f'<polygon points="{x:.1f},{y - 4.5:.1f} {x - 4:.1f},{y + 3.5:.1f} '
+                f'{x + 4:.1f},{y + 3.5:.1f}" fill="{color}"/>')
+    return (f'<polygon points="{x:.1f},{y - 4.5:.1f} {x + 4.5:.1f},{y:.1f} {x:.1f},{y + 4.5:.1f} '
+            f'{x - 4.5:.1f},{y:.1f}" fill="{color}"/>')
+
+
+def _line_chart(svg_id: str, label: str, x_title: str, ticks: list[tuple[float, str]],
+                series: list[tuple[str, list[tuple[float, float]], str]]) -> str:
+    """ASR (0..1) against x in [0, 1]: one line per series, told apart by colour, dash
+    pattern and marker shape, each named in a legend, so overlapping lines stay readable.
+    A series styled 'baseline' is drawn black and thick-dashed."""
+    w, h, pad, legend_w = 440, 240, 44, 190
+    x_of = lambda x: pad + x * (w - pad - 10)  # noqa: E731 - tiny local mapping
+    y_of = lambda a: h - a * (h - 20)  # noqa: E731
+    parts = [f'<svg class="plot" id="{svg_id}" xmlns="http://www.w3.org/2000/svg" '
+             f'width="{w + legend_w}" height="{h + 44}" role="img" aria-label="{label}">',
+             f'<line x1="{pad}" y1="{h}" x2="{w}" y2="{h}" stroke="#333"/>',
+             f'<line x1="{pad}" y1="10" x2="{pad}" y2="{h}" stroke="#333"/>',
+             f'<text x="{pad + 40}" y="{h + 36}" font-size="11">{html.escape(x_title)}</text>',
+             '<text x="2" y="14" font-size="11">ASR</text>']
+    for t in (0.0, 0.5, 1.0):
+        parts.append(f'<text x="14" y="{y_of(t) + 4:.1f}" font-size="10">{t:.1f}</text>'
+                     f'<line x1="{pad}" y1="{y_of(t):.1f}" x2="{w}" y2="{y_of(t):.1f}" '
+                     f'stroke="#eee"/>')
+    for x, text in ticks:
+        parts.append(f'<text x="{x_of(x) - 8:.1f}" y="{h + 16}" font-size="10">'
+                     f'{html.escape(text)}</text>')
+    for i, (name, pts, style) in enumerate(series):
+        base = style == "baseline"
+        color = "#000" if base else _COLORS[i % len(_COLORS)]
+        dash = "7,4" if base else _DASHES[i % len(_DASHES)]
+        marker = _MARKERS[i % len(_MARKERS)]
+        coords = " ".join(f"{x_of(x):.1f},{y_of(a):.1f}" for x, a in pts)
+        parts.append(f'<g class="{"baseline" if base else "curve"}" data-name="{html.escape(name)}"'
+                     f'><title>{html.escape(name)}</title><polyline points="{coords}" '
+                     f'fill="none" stroke="{color}" stroke-width="{3 if base else 2}" '
+                     f'stroke-dasharray="{dash}"/>'
+                     + "".join(_marker(marker, x_of(x), y_of(a), color) for x, a in pts) + "</g>")
+        ly = 20 + 18 * i
+        parts.append(f'<line x1="{w + 10}" y1="{ly - 4}" x2="{w + 40}" y2="{ly - 4}" '
+                     f'stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>'
+                     + _marker(marker, w + 25, ly - 4, color)
+                     + f'<text x="{w + 46}" y="{ly}" font-size="12">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _lmc_chart(report: AuditReport) -> str:
     """One ASR curve per method along the path purified (0) -> backdoored (1)."""
     curves = [(m.key, t.lmc) for m in report.methods for t in m.per_trigger[:1] if t.lmc]
     if not curves:
         return "<p>No LMC curves were computed.</p>"
-    w, h, pad = 420, 240, 40
-    parts = [f'<svg class="plot" id="lmc-curves" xmlns="http://www.w3.org/2000/svg" '
-             f'width="{w + 140}" height="{h + 40}" role="img" aria-label="LMC curves">',
-             f'<line x1="{pad}" y1="{h}" x2="{w}" y2="{h}" stroke="#333"/>',
-             f'<line x1="{pad}" y1="10" x2="{pad}" y2="{h}" stroke="#333"/>',
-             f'<text x="{w / 2}" y="{h + 30}" font-size="11">lambda (0: purified, 1: '
-             f'backdoored)</text><text x="2" y="14" font-size="11">ASR</text>']
-    for t in (0.0, 0.5, 1.0):
-        y = h - t * (h - 20)
-        parts.append(f'<text x="14" y="{y + 4:.1f}" font-size="10">{t:.1f}</text>'
-                     f'<line x1="{pad}" y1="{y:.1f}" x2="{w}" y2="{y:.1f}" stroke="#eee"/>')
-    for i, (key, c) in enumerate(curves):
-        pts = " ".join(f"{pad + lam * (w - pad):.1f},{h - a * (h - 20):.1f}"
-                       for lam, a in zip(c.lambdas, c.asr, strict=True))
-        color = _COLORS[i % len(_COLORS)]
-        parts.append(f'<polyline class="curve" points="{pts}" fill="none" stroke="{color}" '
-                     f'stroke-width="2"><title>{html.escape(key)}</title></polyline>')
-        parts.append(f'<text x="{w + 10}" y="{20 + 16 * i}" font-size="12" fill="{color}">'
-                     f'{html.escape(key)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    series = [(key, list(zip(c.lambdas, c.asr, strict=True)), "method") for key, c in curves]
+    ticks = [(x, f"{x:.1f}") for x in (0.0, 0.5, 1.0)]
+    return _line_chart("lmc-curves", "LMC curves", "lambda (0: purified, 1: backdoored)",
+                       ticks, series)
+
+
+def _sweep_chart(report: AuditReport) -> str:
+    """P-ASR against the RA budget, one line per method and the baseline's."""
+    budgets, series = sweep_series(report)
+    if not budgets:
+        return "<p>No retuning attack was run.</p>"
+    xs = [i / max(1, len(budgets) - 1) for i in range(len(budgets))]
+    ticks = [(x, f"{pn} ({ep} ep)") for x, (pn, ep) in zip(xs, budgets, strict=True)]
+    lines = [(label, [(x, v) for x, v in zip(xs, vals, strict=True) if v is not None],
+              "baseline" if label.startswith("baseline") else "method")
+             for label, vals in series]
+    return _line_chart("sweep", "P-ASR by retuning budget",
+                       "poisoned samples in the retuning set (epochs)", ticks, lines)
 
 
 def to_html(report: AuditReport) -> str:
     """One self-contained HTML page: summary, gate, tables, plots, provenance."""
     e = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
+    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:-2])
+                   + f"<td class='verdict v-{e(r[-2])}'>{e(r[-2])}</td><td>{e(r[-1])}</td></tr>"
                    for r in table_rows(report))
+    legend = "".join(f"<li><span class='swatch v-{v}'></span><b>{v}</b>: {e(text)}</li>"
+                     for v, text in VERDICT_MEANING.items())
+    glossary = "".join(f"<dt>{e(term)}</dt><dd>{e(text)}.</dd>" for term, text in GLOSSARY)
+    verdict_css = "".join(f".v-{v}{{color:#fff;background:{c}}}"
+                          for v, c in VERDICT_COLORS.items())
     head = "".join(f"<th>{e(c)}</th>" for c in TABLE_HEADER)
     gate = ""
     if report.gate.passed is not None:
@@ -341,20 +559,31 @@ def to_html(report: AuditReport) -> str:
 body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;
 text-align:right}}th{{background:#f4f4f4}}.pass{{color:#17803d}}.fail{{color:#c0262d}}
+td.verdict{{text-align:center;font-weight:600}}{verdict_css}
+.swatch{{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:middle}}
+#verdict-legend{{list-style:none;padding:0}}#headline{{font-size:1.25em;font-weight:600;
+border-left:5px solid #b35c00;padding:0.4em 0.8em;background:#fff7ec}}
+dt{{font-weight:600;margin-top:0.4em}}
 </style></head><body>
 <h1>ppr-audit {e(report.kind)} report</h1>
+<p id="headline">{e(report.headline or headline(report))}</p>
 <p>Submitted model: C-Acc <b id="model-cacc">{fmt(report.model.c_acc)}</b>, ASR {asr or '-'}.
 RA baseline: <b>{e(report.baseline.kind)}</b> {e(report.baseline.description)}.</p>
 {gate}
 <h2>Results</h2>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
+<ul id="verdict-legend">{legend}</ul>
 {rule}
 {notes}
 <h2>Attack success rate per method</h2>
 {_bar_chart(report)}
+<h2>P-ASR by retuning budget</h2>
+{_sweep_chart(report)}
 <h2>Backdoor-connected path (LMC)</h2>
 {_lmc_chart(report)}
 {fails}
+<h2>Glossary</h2>
+<dl id="glossary">{glossary}</dl>
 <h2>Provenance</h2>
 <table id="provenance">{prov}</table>
 <table id="data"><tr><th>data</th><th>reference</th><th>images</th><th>sha256</th></tr>

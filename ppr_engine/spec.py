@@ -249,6 +249,20 @@ def validate_spec(raw: dict[str, Any]) -> AuditSpec:
         raise SpecError(describe_validation(exc)) from None
 
 
+def spec_for(raw: dict[str, Any], method: str | None = None) -> AuditSpec:
+    """Validate `raw`; for a purification (`method` given) reduce the plan to that method,
+    keeping its parameters when the plan names it. The service and `ppr gate --local`
+    share this, so both accept the same specs."""
+    if method is None:
+        return validate_spec(raw)
+    given = [m for m in (raw.get("plan") or {}).get("methods", []) if isinstance(m, dict)
+             and m.get("name") == method]
+    plan = dict(raw.get("plan") or {})
+    plan["methods"] = [given[0] if given else {"name": method}]
+    spec = validate_spec({**raw, "plan": plan})
+    return spec.for_purify(MethodSpec.model_validate(spec.plan.methods[0].model_dump()))
+
+
 def describe_validation(exc: ValidationError) -> str:
     """One readable line per problem: `field.path: message`."""
     lines = []

@@ -10,7 +10,10 @@ what was written.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
@@ -19,13 +22,13 @@ from fastapi.concurrency import run_in_threadpool
 from ppr_engine.checkpoint import SUFFIXES, load_model
 from ppr_engine.data.refs import confine, parse_ref
 from ppr_engine.errors import CheckpointError, DatasetError, SpecError
-from ppr_engine.spec import AuditSpec, MethodSpec, validate_spec
+from ppr_engine.spec import AuditSpec, spec_for
 
 from .errors import ApiError
 from .queue import Enqueuer
 from .settings import Settings
 from .store.artifacts import ArtifactStore
-from .store.db import JobStore, new_id
+from .store.db import JobStore, KeyTaken, new_id
 from .uploads import read_form
 
 SPEC_FIELD = "spec"
@@ -65,27 +68,76 @@ def parse_spec(raw: str | None, method: str | None) -> AuditSpec:
                         f"{exc.colno}") from None
     if not isinstance(data, dict):
         raise SpecError("spec must be a JSON object")
-    if method is None:
-        return validate_spec(data)
-    given = [m for m in (data.get("plan") or {}).get("methods", []) if isinstance(m, dict)
-             and m.get("name") == method]
-    plan = dict(data.get("plan") or {})
-    plan["methods"] = [given[0] if given else {"name": method}]
-    spec = validate_spec({**data, "plan": plan})
-    return spec.for_purify(MethodSpec.model_validate(spec.plan.methods[0].model_dump()))
+    return spec_for(data, method)
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The job a submission led to; `replayed` when an Idempotency-Key named an earlier one."""
+
+    job_id: str
+    state: str
+    replayed: bool = False
+
+
+def check_key(key: str | None) -> str | None:
+    """The Idempotency-Key header, validated (printable ASCII, 1-255 characters)."""
+    if key is None:
+        return None
+    if not _KEY.match(key):
+        raise ApiError(422, f"header {IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII "
+                       "characters without spaces")
+    return key
+
+
+def fingerprint(kind: str, method: str | None, checkpoint_sha256: str,
+                raw_spec: str | None) -> str:
+    """What makes two submissions the same request: kind, method, checkpoint, spec (as
+    canonical JSON when it parses, else as sent)."""
+    try:
+        spec = json.dumps(json.loads(raw_spec or ""), sort_keys=True, separators=(",", ":"))
+    except json.JSONDecodeError:
+        spec = raw_spec or ""
+    text = "\n".join([kind, method or "", checkpoint_sha256, spec])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _replay(store: JobStore, principal: str, key: str, request_sha256: str) -> Accepted:
+    """The earlier job of `key`, if it came from the same request; 422 otherwise."""
+    job = store.by_idempotency_key(principal, key)
+    if job is None:  # pragma: no cover - only after a concurrent delete, which has no API
+        raise ApiError(409, f"{IDEMPOTENCY_HEADER} {key!r} is being used; retry")
+    if job.request_sha256 != request_sha256:
+        raise ApiError(422, f"{IDEMPOTENCY_HEADER} {key!r} was already used for a different "
+                       f"request (job {job.id}); use a new key for a new checkpoint or spec",
+                       "idempotency_key_reused")
+    return Accepted(job.id, job.state, replayed=True)
 
 
 async def accept(request: Request, *, kind: str, method: str | None, principal: str,
                  settings: Settings, store: JobStore, artifacts: ArtifactStore,
-                 queue: Enqueuer) -> str:
-    """Run the whole acceptance path; returns the new job id."""
+                 queue: Enqueuer, key: str | None = None) -> Accepted:
+    """Run the whole acceptance path; returns the new job (or, for a repeated
+    Idempotency-Key with the same request, the job the first submission created)."""
+    key = check_key(key)
     form = await read_form(request, artifacts, FILE_FIELD, settings.max_upload_bytes)
     upload = form.upload
     job_id = new_id()
     prefix = f"jobs/{job_id}"
+    request_sha256 = None
     try:
         if upload is None or upload.size == 0:
             raise ApiError(422, f"missing or empty file field {FILE_FIELD!r}")
+        if key is not None:
+            request_sha256 = fingerprint(kind, method, upload.sha256,
+                                         form.fields.get(SPEC_FIELD))
+            if store.by_idempotency_key(principal, key) is not None:
+                upload.abort()
+                return _replay(store, principal, key, request_sha256)
         spec = parse_spec(form.fields.get(SPEC_FIELD), method)
         check_data_refs(spec, principal, store, settings)
         try:
@@ -95,16 +147,21 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             raise CheckpointError(str(exc).replace(upload.path.name, form.filename or
                                                    FILE_FIELD)) from None
         suffix = Path(form.filename).suffix.lower()
-        key = f"{prefix}/checkpoint{suffix if suffix in SUFFIXES else '.bin'}"
-        upload.commit(key)
-        store.create_job(job_id=job_id, principal=principal, kind=kind,
-                         spec=spec.model_dump(mode="json"),
-                         checkpoint_name=Path(form.filename).name[:255] or "checkpoint",
-                         checkpoint_sha256=upload.sha256, checkpoint_key=key)
+        ckpt_key = f"{prefix}/checkpoint{suffix if suffix in SUFFIXES else '.bin'}"
+        upload.commit(ckpt_key)
+        try:
+            store.create_job(job_id=job_id, principal=principal, kind=kind,
+                             spec=spec.model_dump(mode="json"),
+                             checkpoint_name=Path(form.filename).name[:255] or "checkpoint",
+                             checkpoint_sha256=upload.sha256, checkpoint_key=ckpt_key,
+                             idempotency_key=key, request_sha256=request_sha256)
+        except KeyTaken:  # a concurrent submission with the same key won the race
+            artifacts.delete_prefix(prefix)
+            return _replay(store, principal, key, request_sha256)
     except BaseException:
         if upload is not None:
             upload.abort()
         artifacts.delete_prefix(prefix)
         raise
     queue.enqueue(job_id)
-    return job_id
+    return Accepted(job_id, "queued")

@@ -3,9 +3,9 @@ cancel it, list them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from ppr_engine.defenses import DEFENSES
@@ -15,7 +15,7 @@ from ppr_engine.spec import AuditSpec
 from ..deps import ArtifactsDep, Principal, QueueDep, SettingsDep, StoreDep
 from ..errors import ApiError
 from ..schemas import ErrorBody, JobAccepted, JobPage, JobView
-from ..submit import accept
+from ..submit import IDEMPOTENCY_HEADER, Accepted, accept
 
 router = APIRouter(tags=["jobs"])
 
@@ -42,33 +42,44 @@ MULTIPART = {"requestBody": {"required": True, "content": {"multipart/form-data"
 ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422)}
 
 
-def _accepted(job_id: str) -> JobAccepted:
-    return JobAccepted(id=job_id, state="queued", url=f"/v1/jobs/{job_id}")
+KeyHeader = Annotated[str | None, Header(
+    alias=IDEMPOTENCY_HEADER, description="makes retries safe: a repeated key (same "
+    "principal, same checkpoint and spec) answers with the job the first submission created, "
+    "and the header Idempotent-Replayed: true; the same key with a different request is 422")]
+
+
+def _accepted(done: Accepted, response: Response) -> JobAccepted:
+    if done.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobAccepted(id=done.job_id, state=done.state, url=f"/v1/jobs/{done.job_id}")
 
 
 @router.post("/audits", status_code=202, response_model=JobAccepted, operation_id="submit_audit",
              openapi_extra=MULTIPART, responses=ERRORS)
-async def submit_audit(request: Request, principal: Principal, settings: SettingsDep,
-                       store: StoreDep, artifacts: ArtifactsDep, queue: QueueDep) -> JobAccepted:
+async def submit_audit(request: Request, response: Response, principal: Principal,
+                       settings: SettingsDep, store: StoreDep, artifacts: ArtifactsDep,
+                       queue: QueueDep, idempotency_key: KeyHeader = None) -> JobAccepted:
     """Submit an audit: the checkpoint and the spec (multipart). Answers 202 with the job."""
     return _accepted(await accept(request, kind="audit", method=None, principal=principal,
                                   settings=settings, store=store, artifacts=artifacts,
-                                  queue=queue))
+                                  queue=queue, key=idempotency_key), response)
 
 
 @router.post("/purify", status_code=202, response_model=JobAccepted,
              operation_id="submit_purify", openapi_extra=MULTIPART, responses=ERRORS)
-async def submit_purify(request: Request, principal: Principal, settings: SettingsDep,
-                        store: StoreDep, artifacts: ArtifactsDep, queue: QueueDep,
+async def submit_purify(request: Request, response: Response, principal: Principal,
+                        settings: SettingsDep, store: StoreDep, artifacts: ArtifactsDep,
+                        queue: QueueDep,
                         method: str = Query(..., description="purification method, e.g. pam",
-                                            examples=["pam"])) -> JobAccepted:
+                                            examples=["pam"]),
+                        idempotency_key: KeyHeader = None) -> JobAccepted:
     """Submit a purification with one method; the result is a purified checkpoint (artifact
     `purified.safetensors`) and a report with before/after metrics and, unless the spec
     turns them off, RA, QRA and LMC."""
     DEFENSES.get(method)  # unknown method: 422 naming the known ones
     return _accepted(await accept(request, kind="purify", method=method, principal=principal,
                                   settings=settings, store=store, artifacts=artifacts,
-                                  queue=queue))
+                                  queue=queue, key=idempotency_key), response)
 
 
 def _job(store, job_id: str, principal: str):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Text,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -38,6 +40,10 @@ FINAL = ("succeeded", "failed", "cancelled")
 def now() -> dt.datetime:
     """The current UTC time (naive, as stored)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class KeyTaken(Exception):
+    """The principal already submitted a job with this idempotency key."""
 
 
 class Base(DeclarativeBase):
@@ -71,6 +77,10 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
     completions: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    __table_args__ = (Index("ux_jobs_principal_idempotency_key", "principal",
+                            "idempotency_key", unique=True),)
 
     def artifact_map(self) -> dict[str, str]:
         """Artifact name -> store key."""
@@ -133,15 +143,31 @@ class JobStore:
 
     # -- jobs ------------------------------------------------------------------------------
     def create_job(self, *, job_id: str, principal: str, kind: str, spec: dict[str, Any],
-                   checkpoint_name: str, checkpoint_sha256: str, checkpoint_key: str) -> Job:
-        """Insert a queued job (its inputs are already stored)."""
+                   checkpoint_name: str, checkpoint_sha256: str, checkpoint_key: str,
+                   idempotency_key: str | None = None, request_sha256: str | None = None
+                   ) -> Job:
+        """Insert a queued job (its inputs are already stored). With an idempotency key
+        that the principal already used, raises `KeyTaken` (the database decides, so two
+        concurrent submissions cannot both win)."""
         job = Job(id=job_id, principal=principal, kind=kind, state="queued",
                   spec=json.dumps(spec), checkpoint_name=checkpoint_name,
                   checkpoint_sha256=checkpoint_sha256, checkpoint_key=checkpoint_key,
+                  idempotency_key=idempotency_key, request_sha256=request_sha256,
                   created_at=now(), updated_at=now())
-        with self.session() as s, s.begin():
-            s.add(job)
+        try:
+            with self.session() as s, s.begin():
+                s.add(job)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            raise KeyTaken(idempotency_key) from None
         return job
+
+    def by_idempotency_key(self, principal: str, key: str) -> Job | None:
+        """The principal's job submitted with `key`, if any."""
+        with self.session() as s:
+            return s.scalar(select(Job).where(Job.principal == principal,
+                                              Job.idempotency_key == key))
 
     def get(self, job_id: str, principal: str | None = None) -> Job | None:
         """The job `job_id` (only if it belongs to `principal`, when given)."""

@@ -277,3 +277,45 @@ def test_methods_come_from_the_registries(client):
         names)
     pam = next(m for m in body["methods"] if m["name"] == "pam")
     assert pam["params"]["rho"]["default"] == 0.5
+
+
+def test_a_repeated_idempotency_key_returns_the_first_job(client, settings, small_checkpoint):
+    """On SQLite and PostgreSQL: one job per (principal, key); the same key with another
+    request is refused and leaves nothing behind; a bad key is refused."""
+    key = {"Idempotency-Key": "ci-run-42-model-a"}
+    first = submit(client, small_checkpoint, quick_spec(), headers=key)
+    again = submit(client, small_checkpoint, quick_spec(), headers=key)
+    assert first.status_code == again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert client.get("/v1/jobs").json()["total"] == 1
+    before = files_under(settings.data_dir / "artifacts")
+    other = submit(client, small_checkpoint, quick_spec(["fst"]), headers=key)
+    assert other.status_code == 422
+    assert other.json()["error"]["type"] == "idempotency_key_reused"
+    assert first.json()["id"] in other.json()["error"]["message"]
+    assert files_under(settings.data_dir / "artifacts") == before
+    assert client.get("/v1/jobs").json()["total"] == 1
+    # no key, or another key: a new job each time
+    assert submit(client, small_checkpoint, quick_spec()).json()["id"] != first.json()["id"]
+    assert submit(client, small_checkpoint, quick_spec(),
+                  headers={"Idempotency-Key": "other"}).json()["id"] != first.json()["id"]
+    for bad in ("has space", "x" * 256):
+        r = submit(client, small_checkpoint, quick_spec(), headers={"Idempotency-Key": bad})
+        assert r.status_code == 422 and "Idempotency-Key" in r.json()["error"]["message"]
+
+
+def test_idempotency_keys_belong_to_their_principal(tmp_path, small_checkpoint):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    s = Settings(data_dir=tmp_path, tokens={"tok-a": "alice", "tok-b": "bob"})
+    with TestClient(create_app(s)) as c:
+        key = {"Idempotency-Key": "same"}
+        a = submit(c, small_checkpoint, quick_spec(), headers={**key,
+                                                                "Authorization": "Bearer tok-a"})
+        b = submit(c, small_checkpoint, quick_spec(), headers={**key,
+                                                                "Authorization": "Bearer tok-b"})
+        assert a.status_code == b.status_code == 202 and a.json()["id"] != b.json()["id"]
