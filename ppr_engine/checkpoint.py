@@ -45,7 +45,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+def _unwrap(obj: Any, shown: str) -> dict[str, torch.Tensor]:
     """Find the state dict inside common containers (and BackdoorBench result files)."""
     for _ in range(3):
         if not isinstance(obj, dict):
@@ -57,37 +57,41 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             break
         obj = inner
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path.name}: no state dict found (looked for a mapping of "
+        raise CheckpointError(f"{shown}: no state dict found (looked for a mapping of "
                               f"tensors, or one under {', '.join(CONTAINER_KEYS)})")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(obj):
         bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
-        raise CheckpointError(f"{path.name}: state dict entries are not tensors: {bad}")
+        raise CheckpointError(f"{shown}: state dict entries are not tensors: {bad}")
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
 
 
-def read_state_dict(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, torch.Tensor]:
-    """Load tensors from `path` without executing anything it contains."""
+def read_state_dict(path: Path, max_bytes: int = DEFAULT_MAX_BYTES,
+                    name: str | None = None) -> dict[str, torch.Tensor]:
+    """Load tensors from `path` without executing anything it contains. `name` is the file
+    name the caller knows (an upload's, not our temporary one): messages use it, and its
+    suffix decides the format as the file's own would."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    shown = Path(name).name if name else path.name
     size = path.stat().st_size
     if size > max_bytes:
-        raise CheckpointError(f"{path.name} is {size} bytes, over the limit of {max_bytes}")
+        raise CheckpointError(f"{shown} is {size} bytes, over the limit of {max_bytes}")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    is_safetensors = path.suffix == ".safetensors" or (
+    is_safetensors = Path(shown).suffix.lower() == ".safetensors" or (
         len(head) >= 9 and head[8:9] == b"{" and not head.startswith(b"PK"))
     if is_safetensors:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return _unwrap(load_file(str(path)), path)
+            return _unwrap(load_file(str(path)), shown)
         except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path.name}: not a valid safetensors file: {exc}") from None
+            raise CheckpointError(f"{shown}: not a valid safetensors file: {exc}") from None
     try:
         with torch.serialization.safe_globals(_NUMPY_ALLOW):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -95,12 +99,13 @@ def read_state_dict(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str,
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or
                  "Unsupported" in ln]
         what = f": {lines[0][:200]}" if lines else ""
-        raise CheckpointError(f"{path.name}: refused, it holds pickled objects other than "
+        raise CheckpointError(f"{shown}: refused, it holds pickled objects other than "
                               f"tensors (checkpoints load weights-only){what}") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError,
             KeyError, IndexError) as exc:
-        raise CheckpointError(f"{path.name}: unreadable checkpoint: {str(exc)[:300]}") from None
-    return _unwrap(obj, path)
+        raise CheckpointError(f"{shown}: not a readable checkpoint (expected safetensors, or a "
+                              f"PyTorch .pt/.pth/.bin file): {str(exc)[:300]}") from None
+    return _unwrap(obj, shown)
 
 
 def _fmt(keys: list[str], limit: int = 8) -> str:
@@ -132,11 +137,12 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str
 
 
 def load_model(path: Path, arch: str, num_classes: int, *,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> nn.Module:
-    """Build `arch` and load the checkpoint at `path` into it, strictly and safely."""
+               max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> nn.Module:
+    """Build `arch` and load the checkpoint at `path` into it, strictly and safely (`name`:
+    the file name to show and to take the format from, see read_state_dict)."""
     model = models.create(arch, num_classes)
-    state = read_state_dict(Path(path), max_bytes)
-    check_state_dict(model, state, Path(path).name)
+    state = read_state_dict(Path(path), max_bytes, name)
+    check_state_dict(model, state, Path(name).name if name else Path(path).name)
     model.load_state_dict(state, strict=True)
     return model.eval()
 

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ppr_engine.checkpoint import SUFFIXES, load_model
 from ppr_engine.data.refs import confine, parse_ref
-from ppr_engine.errors import CheckpointError, DatasetError, SpecError
+from ppr_engine.errors import DatasetError, SpecError
 from ppr_engine.spec import AuditSpec, spec_for
 
 from .errors import ApiError
@@ -140,12 +140,9 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
                 return _replay(store, principal, key, request_sha256)
         spec = parse_spec(form.fields.get(SPEC_FIELD), method)
         check_data_refs(spec, principal, store, settings)
-        try:
-            await run_in_threadpool(load_model, upload.path, spec.model.arch,
-                                    spec.model.num_classes, max_bytes=settings.max_upload_bytes)
-        except CheckpointError as exc:  # name the caller's file, not our temporary one
-            raise CheckpointError(str(exc).replace(upload.path.name, form.filename or
-                                                   FILE_FIELD)) from None
+        await run_in_threadpool(load_model, upload.path, spec.model.arch,
+                                spec.model.num_classes, max_bytes=settings.max_upload_bytes,
+                                name=form.filename or FILE_FIELD)
         suffix = Path(form.filename).suffix.lower()
         ckpt_key = f"{prefix}/checkpoint{suffix if suffix in SUFFIXES else '.bin'}"
         upload.commit(ckpt_key)

@@ -34,32 +34,35 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _check_name(name: str, archive: Path) -> str:
+def _check_name(name: str, label: str) -> str:
     pure = PurePosixPath(name.replace("\\", "/"))
     if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise DatasetError(f"archive {archive.name}: member {name!r} has an absolute path")
+        raise DatasetError(f"archive {label}: member {name!r} has an absolute path")
     if ".." in pure.parts:
-        raise DatasetError(f"archive {archive.name}: member {name!r} escapes the archive "
+        raise DatasetError(f"archive {label}: member {name!r} escapes the archive "
                            "with '..'")
     return str(pure)
 
 
 def iter_members(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
-                 read: bool = True) -> Iterator[tuple[str, bytes]]:
-    """Yield (safe relative name, content) for each regular file, refusing unsafe members."""
+                 read: bool = True, shown: str | None = None) -> Iterator[tuple[str, bytes]]:
+    """Yield (safe relative name, content) for each regular file, refusing unsafe members.
+    Refusals name the archive as `shown` (the caller's file name for an upload, never our
+    temporary one)."""
     count, total = 0, 0
+    label = shown or archive.name
 
     def account(name: str, size: int) -> None:
         nonlocal count, total
         count += 1
         total += size
         if count > limits.max_files:
-            raise DatasetError(f"archive {archive.name}: more than {limits.max_files} files")
+            raise DatasetError(f"archive {label}: more than {limits.max_files} files")
         if size > limits.max_member_bytes:
-            raise DatasetError(f"archive {archive.name}: member {name!r} is larger than "
+            raise DatasetError(f"archive {label}: member {name!r} is larger than "
                                f"{limits.max_member_bytes} bytes")
         if total > limits.max_total_bytes:
-            raise DatasetError(f"archive {archive.name}: unpacks to more than "
+            raise DatasetError(f"archive {label}: unpacks to more than "
                                f"{limits.max_total_bytes} bytes")
 
     name_lower = archive.name.lower()
@@ -67,10 +70,10 @@ def iter_members(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
         if name_lower.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
-                    name = _check_name(info.filename, archive)
+                    name = _check_name(info.filename, label)
                     mode = (info.external_attr >> 16) & 0o170000
                     if mode == 0o120000:
-                        raise DatasetError(f"archive {archive.name}: member {name!r} is a "
+                        raise DatasetError(f"archive {label}: member {name!r} is a "
                                            "symbolic link")
                     if info.is_dir():
                         continue
@@ -79,16 +82,16 @@ def iter_members(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
             return
         with tarfile.open(archive, "r:*") as tf:
             for member in tf:
-                name = _check_name(member.name, archive)
+                name = _check_name(member.name, label)
                 if member.issym() or member.islnk():
-                    raise DatasetError(f"archive {archive.name}: member {name!r} is a link")
+                    raise DatasetError(f"archive {label}: member {name!r} is a link")
                 if member.isdev() or member.isfifo():
-                    raise DatasetError(f"archive {archive.name}: member {name!r} is a "
+                    raise DatasetError(f"archive {label}: member {name!r} is a "
                                        "device or FIFO")
                 if member.isdir():
                     continue
                 if not member.isfile():
-                    raise DatasetError(f"archive {archive.name}: member {name!r} is not a "
+                    raise DatasetError(f"archive {label}: member {name!r} is not a "
                                        "regular file")
                 account(name, member.size)
                 if read:
@@ -97,9 +100,10 @@ def iter_members(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
                 else:
                     yield name, b""
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise DatasetError(f"archive {archive.name} is unreadable: {exc}") from None
+        raise DatasetError(f"archive {label} is unreadable: {exc}") from None
 
 
-def validate_archive(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS) -> int:
+def validate_archive(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
+                     shown: str | None = None) -> int:
     """Check every member of `archive` without keeping content; return the file count."""
-    return sum(1 for _ in iter_members(archive, limits, read=False))
+    return sum(1 for _ in iter_members(archive, limits, read=False, shown=shown))

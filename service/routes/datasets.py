@@ -47,7 +47,7 @@ async def upload_dataset(request: Request, principal: Principal, settings: Setti
     upload.path.rename(staged)
     upload.tmp = str(staged)
     try:
-        files = await run_in_threadpool(validate_archive, staged)
+        files = await run_in_threadpool(validate_archive, staged, shown=name)
         if files == 0:
             raise DatasetError(f"archive {name} holds no files")
     except BaseException:

@@ -169,6 +169,19 @@ def test_pickle_payload_is_refused_and_never_runs(client, settings, tmp_path):
     assert files_under(settings.artifact_dir) == []
 
 
+@pytest.mark.parametrize("name,blob,says", [
+    ("m.safetensors", b"abc", "m.safetensors: not a valid safetensors file"),
+    ("m.safetensors", pickle.dumps({"w": 1}), "m.safetensors: not a valid safetensors file"),
+    ("m.pt", b"abc", "m.pt: not a readable checkpoint (expected safetensors, or a PyTorch"),
+])
+def test_truncated_or_mislabelled_checkpoints_say_what_they_are(client, settings, name, blob,
+                                                                says):
+    r = client.post("/v1/audits", files={"checkpoint": (name, blob)},
+                    data={"spec": json.dumps(quick_spec())})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith(says), r.text
+    assert files_under(settings.artifact_dir) == []
+
+
 def test_oversized_upload_gets_413_and_leaves_nothing(client, settings):
     big = b"\0" * (settings.max_upload_bytes + (2 << 20))
     r = client.post("/v1/audits", files={"checkpoint": ("big.safetensors", big)},
@@ -213,7 +226,11 @@ def _png() -> bytes:
 def test_dataset_upload_validation_and_use(client, app, settings, small_checkpoint):
     bad = _archive({"train/cat/0.png": _png(), "../../evil.png": _png()})
     r = client.post("/v1/datasets", files={"archive": ("d.tar.gz", bad)})
-    assert r.status_code == 422 and "escapes the archive" in r.json()["error"]["message"]
+    assert r.status_code == 422 and r.json()["error"]["message"] == (
+        "archive d.tar.gz: member '../../evil.png' escapes the archive with '..'")
+    r = client.post("/v1/datasets", files={"archive": ("mine.zip", b"not a zip")})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith(
+        "archive mine.zip is unreadable")  # the caller's name, never our temporary one
     assert files_under(settings.artifact_dir) == []
     r = client.post("/v1/datasets", files={"archive": ("d.txt", b"hello")})
     assert r.status_code == 415
