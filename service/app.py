@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from ppr_engine import __version__
 
 from . import errors
+from .limits import RateLimiter
 from .queue import Enqueuer
 from .routes import api_router, health, jobs
 from .settings import Settings, get_settings
@@ -31,6 +32,10 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
     app.state.store = JobStore(settings.db_url)
     app.state.artifacts = ArtifactStore(settings.artifact_dir)
     app.state.queue = queue or Enqueuer(settings)
+    app.state.read_limiter = RateLimiter(settings.read_rate_per_s, settings.read_burst,
+                                         "requests")
+    app.state.submit_limiter = RateLimiter(settings.submit_rate_per_min / 60.0,
+                                           settings.submit_burst, "submissions")
     if not settings.tokens:
         log.warning("NO TOKENS CONFIGURED: local single-user mode, every caller is 'local'. "
                     "Set PPR_TOKENS before exposing this service.")

@@ -35,7 +35,14 @@ def get_queue(request: Request) -> Enqueuer:
 
 
 def current_principal(request: Request) -> str:
-    """The caller: the principal of its bearer token, or "local" when auth is off."""
+    """The caller: the principal of its bearer token, or "local" when auth is off; each
+    principal's requests pass its rate limit (429 past it)."""
+    principal = _authenticate(request)
+    request.app.state.read_limiter.take(principal)
+    return principal
+
+
+def _authenticate(request: Request) -> str:
     settings: Settings = request.app.state.settings
     if not settings.tokens:
         return "local"

@@ -17,9 +17,11 @@ log = logging.getLogger("ppr.service")
 class ApiError(Exception):
     """An error with an HTTP status and a message for the caller."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request") -> None:
+    def __init__(self, status: int, message: str, kind: str = "invalid_request",
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
+        self.retry_after = retry_after
 
 
 def body(status: int, message: str, kind: str) -> JSONResponse:
@@ -33,7 +35,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
-        return body(exc.status, exc.message, exc.kind)
+        response = body(exc.status, exc.message, exc.kind)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(InputError)
     async def _input(request: Request, exc: InputError):

@@ -12,8 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .limits import SpecLimits
 
 
 class Settings(BaseSettings):
@@ -42,20 +44,44 @@ class Settings(BaseSettings):
                                              "unacknowledged job; default job limit + 10 min")
     queue: str = "ppr"
     device: str | None = Field(None, description="torch device of a worker")
+    tokens_file: Path | None = Field(None, description="a file holding the tokens (same "
+                                     "format as PPR_TOKENS), e.g. a Docker or Kubernetes "
+                                     "secret; merged with PPR_TOKENS")
+    read_rate_per_s: float = Field(200.0, description="requests per second per principal "
+                                   "(token bucket; 0 turns the limit off)")
+    read_burst: int = Field(400, description="requests a principal may make at once")
+    submit_rate_per_min: float = Field(30.0, description="submissions per minute per "
+                                       "principal (0 turns the limit off)")
+    submit_burst: int = Field(10, description="submissions a principal may make at once")
+    max_active_jobs: int = Field(20, description="queued or running jobs per principal")
+    spec_limits: SpecLimits = Field(default_factory=SpecLimits, description="budgets a spec "
+                                    "may ask for (JSON in PPR_SPEC_LIMITS)")
 
     @field_validator("tokens", mode="before")
     @classmethod
     def _parse_tokens(cls, v):
-        """Accept JSON ({"token": "principal"}) or `principal:token,principal:token`."""
+        """Accept JSON ({"token": "principal"}) or `principal:token` pairs separated by
+        commas or newlines."""
         if isinstance(v, str):
             v = v.strip()
             if not v:
                 return {}
             if v.startswith("{"):
                 return json.loads(v)
-            pairs = [p.split(":", 1) for p in v.split(",") if p.strip()]
+            pairs = [p.split(":", 1) for p in v.replace("\n", ",").split(",") if p.strip()]
             return {tok.strip(): who.strip() for who, tok in pairs}
         return v
+
+    @model_validator(mode="after")
+    def _read_tokens_file(self) -> Settings:
+        """Merge the tokens of `tokens_file` (the secret's content is never logged)."""
+        if self.tokens_file is not None:
+            try:
+                text = self.tokens_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"PPR_TOKENS_FILE {self.tokens_file}: {exc.strerror}") from None
+            self.tokens = {**self._parse_tokens(text), **self.tokens}
+        return self
 
     @property
     def db_url(self) -> str:

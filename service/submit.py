@@ -25,6 +25,7 @@ from ppr_engine.errors import DatasetError, SpecError
 from ppr_engine.spec import AuditSpec, spec_for
 
 from .errors import ApiError
+from .limits import RateLimited, check_budgets
 from .queue import Enqueuer
 from .settings import Settings
 from .store.artifacts import ArtifactStore
@@ -124,6 +125,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
     """Run the whole acceptance path; returns the new job (or, for a repeated
     Idempotency-Key with the same request, the job the first submission created)."""
     key = check_key(key)
+    request.app.state.submit_limiter.take(principal)
     form = await read_form(request, artifacts, FILE_FIELD, settings.max_upload_bytes)
     upload = form.upload
     job_id = new_id()
@@ -138,7 +140,17 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             if store.by_idempotency_key(principal, key) is not None:
                 upload.abort()
                 return _replay(store, principal, key, request_sha256)
-        spec = parse_spec(form.fields.get(SPEC_FIELD), method)
+        raw_spec = form.fields.get(SPEC_FIELD)
+        limits = settings.spec_limits
+        if raw_spec and len(raw_spec.encode()) > limits.max_spec_bytes:
+            raise ApiError(422, f"spec is {len(raw_spec.encode())} bytes, the limit is "
+                           f"{limits.max_spec_bytes}", "budget_exceeded")
+        spec = parse_spec(raw_spec, method)
+        check_budgets(spec, limits)
+        active = store.active(principal)
+        if active >= settings.max_active_jobs:
+            raise RateLimited(f"{active} of your jobs are queued or running (the limit is "
+                              f"{settings.max_active_jobs}); wait for one to finish", 30)
         check_data_refs(spec, principal, store, settings)
         await run_in_threadpool(load_model, upload.path, spec.model.arch,
                                 spec.model.num_classes, max_bytes=settings.max_upload_bytes,

@@ -191,6 +191,12 @@ class JobStore:
                              .offset(offset)).all()
             return list(rows), int(total)
 
+    def active(self, principal: str) -> int:
+        """The principal's queued or running jobs."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Job).where(
+                Job.principal == principal, Job.state.in_(("queued", "running")))) or 0)
+
     def claim(self, job_id: str, worker: str, lease_s: float) -> str:
         """Take the job for `worker`: 'claimed', 'finished', 'busy' (leased by a live
         worker), 'cancelled' or 'missing'."""
