@@ -124,17 +124,54 @@ class PPRClient:
 
     def wait(self, job_id: str, timeout: float, poll: float = 2.0,
              on_update=None) -> dict:
-        """Poll until the job is final; ServiceError after `timeout` seconds."""
+        """Follow the job until it is final: through its event stream when the service
+        offers one, else by polling (with If-None-Match, backing off while nothing changes).
+        WaitTimeout after `timeout` seconds."""
         deadline = time.monotonic() + timeout
+        job = self._follow_events(job_id, deadline, on_update)
+        if job is not None and job["state"] in FINAL:
+            return job
+        return self._poll(job_id, deadline, timeout, poll, on_update)
+
+    def _follow_events(self, job_id: str, deadline: float, on_update) -> dict | None:
+        """The last job event before the stream ended (None if there is no stream)."""
+        job = None
+        try:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(
+                    10.0, read=max(0.1, min(15.0, deadline - time.monotonic())))) as r:
+                if r.status_code != 200:
+                    return None
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        job = json.loads(line[5:])
+                        if on_update:
+                            on_update(job)
+                        if job["state"] in FINAL:
+                            return job
+                    if time.monotonic() > deadline:
+                        return job
+        except (httpx.HTTPError, json.JSONDecodeError):
+            pass  # the stream broke, or went quiet past the deadline: polling takes over
+        return job
+
+    def _poll(self, job_id: str, deadline: float, timeout: float, poll: float,
+              on_update) -> dict:
+        etag, job, delay = None, None, min(poll, 1.0)
         while True:
-            job = self.job(job_id)
-            if on_update:
-                on_update(job)
+            headers = {"If-None-Match": etag} if etag else {}
+            r = self._call("GET", f"/v1/jobs/{job_id}", headers=headers)
+            if r.status_code == 304 and job is not None:
+                delay = min(delay * 1.5, max(poll, 1.0) * 4)  # nothing changed: back off
+            else:
+                job, etag, delay = r.json(), r.headers.get("ETag"), min(poll, 1.0)
+                if on_update:
+                    on_update(job)
             if job["state"] in FINAL:
                 return job
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise WaitTimeout(f"job {job_id} still {job['state']} after {timeout:g} s")
-            time.sleep(min(poll, max(0.05, deadline - time.monotonic())))
+            time.sleep(min(delay, left))
 
     def report(self, job_id: str, fmt: str = "json") -> Any:
         """The report of a finished job (dict for JSON, text otherwise)."""

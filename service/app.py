@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from fastapi import FastAPI
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 from ppr_engine import __version__
 
 from . import errors
+from .dispatch import Dispatcher
 from .limits import RateLimiter
 from .queue import Enqueuer
 from .routes import api_router, health, jobs
@@ -24,7 +26,17 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.db_url)
-    app = FastAPI(title="ppr-audit", version=__version__, description=(
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        dispatcher = Dispatcher(app.state.store, app.state.queue,
+                                settings.dispatch_interval_s)
+        dispatcher.start()
+        try:
+            yield
+        finally:
+            dispatcher.stop()
+
+    app = FastAPI(title="ppr-audit", version=__version__, lifespan=lifespan, description=(
         "Post-purification robustness audits: does a backdoor defense remove the backdoor, "
         "or only hide it? Submit a checkpoint and a spec; workers purify, attack (RA, QRA) "
         "and trace the backdoor-connected path; fetch the report."))

@@ -25,6 +25,8 @@ def main(
     port: int = 8000,
     worker: Annotated[bool | None, typer.Option(help="start a worker subprocess (default: "
                                                 "yes in embedded mode)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="gateway processes (uvicorn workers); "
+                                         "rate limits are counted per process")] = 1,
 ) -> None:
     """Run the API (and, embedded, a worker)."""
     import uvicorn
@@ -47,7 +49,11 @@ def main(
         child = subprocess.Popen([sys.executable, "-m", "ppr_cli.main", "worker"],
                                  env={**os.environ, "PPR_DATA_DIR": str(settings.data_dir)})
     try:
-        uvicorn.run(application, host=host, port=port, log_level="info")
+        if workers > 1:  # each process builds its own app from the same environment
+            uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
+                        workers=workers, log_level="info")
+        else:
+            uvicorn.run(application, host=host, port=port, log_level="info")
     finally:
         if child is not None:
             child.terminate()

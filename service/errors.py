@@ -7,6 +7,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError as DBInterfaceError
+from sqlalchemy.exc import OperationalError as DBOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ppr_engine.errors import InputError
@@ -22,6 +24,16 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
         self.retry_after = retry_after
+
+
+class Unavailable(ApiError):
+    """503: a dependency (database, broker) cannot be reached; nothing was changed."""
+
+    def __init__(self, what: str, exc: BaseException | None = None,
+                 then: str = "retry later") -> None:
+        cause = f" ({type(exc).__name__})" if exc is not None else ""
+        super().__init__(503, f"{what} is unreachable{cause}; {then}", "unavailable",
+                         retry_after=5)
 
 
 def body(status: int, message: str, kind: str) -> JSONResponse:
@@ -52,6 +64,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         return body(exc.status_code, str(exc.detail), "http_error")
+
+    @app.exception_handler(DBOperationalError)
+    @app.exception_handler(DBInterfaceError)
+    async def _database(request: Request, exc: Exception):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                    type(exc).__name__)
+        return await _api(request, Unavailable("the job database", exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -49,7 +49,7 @@ class Enqueuer:
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""
         with self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.ensure_connection(max_retries=0, timeout=2)
 
     def depth(self) -> int | None:
         """Messages waiting in the queue (None where the transport cannot tell)."""

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
                                        "principal (0 turns the limit off)")
     submit_burst: int = Field(10, description="submissions a principal may make at once")
     max_active_jobs: int = Field(20, description="queued or running jobs per principal")
+    events_interval_s: float = Field(1.0, description="how often an event stream looks for "
+                                     "a change of its job")
+    events_keepalive_s: float = Field(5.0, description="a comment line after this long "
+                                      "without an event")
+    dispatch_interval_s: float = Field(5.0, description="how often a gateway re-sends jobs "
+                                       "that were stored while the broker was down")
     spec_limits: SpecLimits = Field(default_factory=SpecLimits, description="budgets a spec "
                                     "may ask for (JSON in PPR_SPEC_LIMITS)")
 

@@ -24,7 +24,8 @@ from ppr_engine.data.refs import confine, parse_ref
 from ppr_engine.errors import DatasetError, SpecError
 from ppr_engine.spec import AuditSpec, spec_for
 
-from .errors import ApiError
+from .dispatch import dispatch
+from .errors import ApiError, Unavailable
 from .limits import RateLimited, check_budgets
 from .queue import Enqueuer
 from .settings import Settings
@@ -126,6 +127,11 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
     Idempotency-Key with the same request, the job the first submission created)."""
     key = check_key(key)
     request.app.state.submit_limiter.take(principal)
+    try:  # refuse before the upload, not after it, when jobs cannot be queued
+        await run_in_threadpool(queue.ping)
+    except Exception as exc:  # noqa: BLE001 - any broker failure means the same to the caller
+        raise Unavailable("the job queue (broker)", exc, "nothing was stored; retry later") \
+            from None
     form = await read_form(request, artifacts, FILE_FIELD, settings.max_upload_bytes)
     upload = form.upload
     job_id = new_id()
@@ -172,5 +178,5 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             upload.abort()
         artifacts.delete_prefix(prefix)
         raise
-    queue.enqueue(job_id)
+    await run_in_threadpool(dispatch, store, queue, job_id)  # on failure: the dispatcher
     return Accepted(job_id, "queued")

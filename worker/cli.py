@@ -8,6 +8,7 @@ A heartbeat thread records the worker in the job store so /readyz can see it.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from typing import Annotated
 
@@ -16,8 +17,32 @@ import typer
 app = typer.Typer(add_completion=False, help="Run a Celery worker for ppr-audit jobs.")
 
 
+HEARTBEAT_S = 10.0
+
+
+def health(max_age: float) -> int:
+    """0 when a worker on this host recorded a heartbeat in the last `max_age` seconds (the
+    heartbeat needs the process alive and the job store reachable), else 1; says which."""
+    from service.settings import get_settings
+    from service.store.db import JobStore
+
+    host = socket.gethostname()
+    try:
+        age = JobStore(get_settings().db_url).heartbeat_age(f"{host}:")
+    except Exception as exc:  # noqa: BLE001 - an unreachable store is an unhealthy worker
+        typer.echo(f"unhealthy: the job store is unreachable ({type(exc).__name__})", err=True)
+        return 1
+    if age is None or age > max_age:
+        seen = "never" if age is None else f"{age:.0f} s ago"
+        typer.echo(f"unhealthy: no heartbeat from a worker on {host} in the last "
+                   f"{max_age:.0f} s (last: {seen})", err=True)
+        return 1
+    typer.echo(f"healthy: worker on {host} seen {age:.0f} s ago")
+    return 0
+
+
 def heartbeat(settings, worker: str, device: str, stop: threading.Event,
-              every: float = 10.0) -> None:
+              every: float = HEARTBEAT_S) -> None:
     """Record this worker in the job store every `every` seconds until `stop`."""
     from service.store.db import JobStore
 
@@ -36,8 +61,15 @@ def main(
                                             "CUDA_VISIBLE_DEVICES)")] = None,
     loglevel: str = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
+    check: Annotated[bool, typer.Option("--check", help="health check: exit 0 if a worker "
+                                        "on this host sent a heartbeat recently, else 1")]
+    = False,
+    max_age: Annotated[float, typer.Option(help="--check: oldest acceptable heartbeat, "
+                                           "seconds")] = HEARTBEAT_S * 3,
 ) -> None:
-    """Consume jobs until stopped."""
+    """Consume jobs until stopped (or, with --check, report this host's worker health)."""
+    if check:
+        raise typer.Exit(health(max_age))
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import logging

@@ -91,6 +91,7 @@ def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: Arti
     except Exception as exc:  # noqa: BLE001 - any other failure is the system's
         msg = f"system error: {type(exc).__name__}: {exc}"[:2000]
         log.exception("job %s failed", job_id)
+        artifacts.delete_prefix(f"jobs/{job_id}/out")  # no output of a failed attempt stays
         if final_attempt:
             store.finish(job_id, worker, "failed", error=msg, error_kind="system")
             return Outcome("failed")

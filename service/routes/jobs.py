@@ -3,10 +3,13 @@ cancel it, list them."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ppr_engine.defenses import DEFENSES
 from ppr_engine.report import MEDIA_TYPES
@@ -15,6 +18,7 @@ from ppr_engine.spec import AuditSpec
 from ..deps import ArtifactsDep, Principal, QueueDep, SettingsDep, StoreDep
 from ..errors import ApiError
 from ..schemas import ErrorBody, JobAccepted, JobPage, JobView
+from ..store.db import FINAL
 from ..submit import IDEMPOTENCY_HEADER, Accepted, accept
 
 router = APIRouter(tags=["jobs"])
@@ -99,10 +103,57 @@ def list_jobs(principal: Principal, store: StoreDep,
     return JobPage(items=[JobView.of(j) for j in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/jobs/{job_id}", response_model=JobView, operation_id="get_job", responses=ERRORS)
-def get_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
-    """A job's state, stage, progress, attempts, timings and links."""
-    return JobView.of(_job(store, job_id, principal))
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, operation_id="get_job", responses={
+    304: {"description": "not modified since the ETag given in If-None-Match"}, **ERRORS})
+def get_job(job_id: str, principal: Principal, store: StoreDep,
+            if_none_match: Annotated[str | None, Header(
+                description="an ETag of an earlier answer: 304 while the job is unchanged")]
+            = None) -> Response:
+    """A job's state, stage, progress, attempts, timings and links. Answers carry an ETag;
+    a poll with If-None-Match gets an empty 304 until something changed. Rather than poll,
+    follow GET /v1/jobs/{id}/events."""
+    body = JobView.of(_job(store, job_id, principal)).model_dump_json().encode()
+    etag = _etag(body)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("/jobs/{job_id}/events", operation_id="job_events", responses={
+    200: {"content": {"text/event-stream": {}}, "description": "server-sent events: one "
+          "`job` event (a JobView as JSON) per change, until the job is final"}, **ERRORS})
+async def job_events(job_id: str, request: Request, principal: Principal, store: StoreDep,
+                     settings: SettingsDep) -> StreamingResponse:
+    """Follow a job without polling: a `job` event with the job's status now and after every
+    change (state, stage, progress), the last one when the job is final; a comment line
+    every few seconds keeps the connection open through proxies."""
+    await run_in_threadpool(_job, store, job_id, principal)  # 404 before the stream starts
+
+    async def stream():
+        last, quiet = None, 0.0
+        while not await request.is_disconnected():
+            job = await run_in_threadpool(store.get, job_id, principal)
+            if job is None:
+                return
+            body = JobView.of(job).model_dump_json()
+            if body != last:
+                last, quiet = body, 0.0
+                yield f"event: job\ndata: {body}\n\n"
+                if job.state in FINAL:
+                    return
+            elif quiet >= settings.events_keepalive_s:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(settings.events_interval_s)
+            quiet += settings.events_interval_s
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.delete("/jobs/{job_id}", response_model=JobView, operation_id="cancel_job",

@@ -79,6 +79,7 @@ class Job(Base):
     completions: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
     __table_args__ = (Index("ux_jobs_principal_idempotency_key", "principal",
                             "idempotency_key", unique=True),)
 
@@ -153,7 +154,7 @@ class JobStore:
                   spec=json.dumps(spec), checkpoint_name=checkpoint_name,
                   checkpoint_sha256=checkpoint_sha256, checkpoint_key=checkpoint_key,
                   idempotency_key=idempotency_key, request_sha256=request_sha256,
-                  created_at=now(), updated_at=now())
+                  dispatched=False, created_at=now(), updated_at=now())
         try:
             with self.session() as s, s.begin():
                 s.add(job)
@@ -190,6 +191,20 @@ class JobStore:
             rows = s.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit)
                              .offset(offset)).all()
             return list(rows), int(total)
+
+    def mark_dispatched(self, job_id: str) -> None:
+        """The job's id reached the broker."""
+        with self.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id).values(dispatched=True))
+
+    def undispatched(self, older_than_s: float = 2.0) -> list[str]:
+        """Queued jobs whose id never reached the broker (it was down when they were
+        accepted), oldest first."""
+        t = now() - dt.timedelta(seconds=older_than_s)
+        with self.session() as s:
+            return list(s.scalars(select(Job.id).where(
+                Job.state == "queued", Job.dispatched.is_(False), Job.created_at < t)
+                .order_by(Job.created_at)).all())
 
     def active(self, principal: str) -> int:
         """The principal's queued or running jobs."""
@@ -329,6 +344,14 @@ class JobStore:
                 s.add(Worker(id=worker_id, device=device, last_seen=now()))
             else:
                 w.last_seen, w.device = now(), device
+
+    def heartbeat_age(self, worker_prefix: str) -> float | None:
+        """Seconds since the freshest heartbeat of a worker whose id starts with
+        `worker_prefix` (None if there was none)."""
+        with self.session() as s:
+            seen = s.scalar(select(func.max(Worker.last_seen)).where(
+                Worker.id.startswith(worker_prefix, autoescape=True)))
+        return None if seen is None else max(0.0, (now() - seen).total_seconds())
 
     def live_workers(self, within_s: float = 30.0) -> int:
         """Workers seen in the last `within_s` seconds."""

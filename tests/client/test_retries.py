@@ -91,3 +91,48 @@ def test_unreachable_is_a_service_error_after_the_retries(tmp_path: Path):
     client = PPRClient(f"http://127.0.0.1:{free_port()}", retries=1, backoff=0.01)
     with pytest.raises(ServiceError, match="cannot reach the service"):
         client.submit(ckpt, "{}", key="k")
+
+
+class OldService(BaseHTTPRequestHandler):
+    """A service without an event stream: /events is 404, status answers honour ETags; the
+    job is final on the fourth status read."""
+
+    reads: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.endswith("/events"):
+            self._send(404, b'{"error": {"message": "no such route"}}')
+            return
+        type(self).reads.append(self.headers.get("If-None-Match"))
+        state = "succeeded" if len(type(self).reads) >= 4 else "running"
+        etag = f'"{state}"'
+        if self.headers.get("If-None-Match") == etag:
+            self._send(304, b"", etag)
+            return
+        self._send(200, json.dumps({"id": "j", "state": state}).encode(), etag)
+
+    def _send(self, status: int, payload: bytes, etag: str | None = None) -> None:
+        self.send_response(status)
+        if etag:
+            self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        return None
+
+
+def test_without_an_event_stream_the_client_polls_with_etags():
+    OldService.reads = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OldService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = PPRClient(f"http://127.0.0.1:{server.server_port}")
+        seen = []
+        job = client.wait("j", timeout=30, poll=0.05, on_update=lambda j: seen.append(
+            j["state"]))
+    finally:
+        server.shutdown()
+    assert job["state"] == "succeeded" and seen == ["running", "succeeded"]
+    assert OldService.reads[0] is None and set(OldService.reads[1:3]) == {'"running"'}

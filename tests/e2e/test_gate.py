@@ -76,6 +76,8 @@ def test_a_passing_gate_and_a_repeated_idempotency_key(server, spec_file, small_
     assert not [r for r in sarif["runs"][0]["results"] if r["ruleId"] == "PPR001"]
     assert "| ft |" in md and summary["headline"] in md
     assert "pass  ft.o_cacc >= 0.0: measured" in first.stdout
+    # the gate followed the job's event stream, not a polling loop
+    assert f"GET /v1/jobs/{summary['job']}/events HTTP/1.1\" 200" in server.log.read_text()
     jobs = httpx.get(f"{server.url}/v1/jobs").json()["total"]
     # a retried pipeline step with the same key gets the same job, not a second audit
     again = gate(*args, "--json", "-", env=env)

@@ -4,6 +4,9 @@ process, PostgreSQL, and a worker killed with SIGKILL in the middle of an audit.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 
 from ..service.conftest import quick_spec
-from .conftest import wait_for
+from .conftest import ROOT, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +31,18 @@ def _state(client, job_id):
     return client.get(f"/v1/jobs/{job_id}").json()
 
 
+def _check(settings, max_age: float) -> subprocess.CompletedProcess:
+    """The worker's compose healthcheck, `ppr worker --check`, as Docker runs it."""
+    return subprocess.run([sys.executable, "-m", "ppr_cli.main", "worker", "--check",
+                           "--max-age", str(max_age)], cwd=ROOT, env=settings_env(settings),
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
     with TestClient(create_app(dist_settings)) as client:
-        workers.start("w1")
+        before = _check(dist_settings, 60)
+        assert before.returncode == 1 and "no heartbeat" in before.stderr
+        w1 = workers.start("w1")
         job_id = _submit(client, small_checkpoint, quick_spec(["ft"]))
         job = wait_for(lambda: (j := _state(client, job_id))["state"] in (
             "succeeded", "failed") and j, 180, what=f"job {job_id}\n{workers.log('w1')}")
@@ -39,6 +51,12 @@ def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
         assert report["methods"][0]["key"] == "ft" and report["gate"]["passed"] is True
         assert wait_for(lambda: client.get("/readyz").status_code == 200, 30,
                         what="readiness with a live worker")
+        alive = _check(dist_settings, 60)
+        assert alive.returncode == 0 and "healthy" in alive.stdout
+        workers.kill(w1)
+        time.sleep(2.5)
+        dead = _check(dist_settings, 2)
+        assert dead.returncode == 1 and "last:" in dead.stderr
 
 
 def test_worker_killed_mid_audit_the_job_completes_exactly_once(dist_settings, workers,

@@ -336,3 +336,22 @@ def test_idempotency_keys_belong_to_their_principal(tmp_path, small_checkpoint):
         b = submit(c, small_checkpoint, quick_spec(), headers={**key,
                                                                 "Authorization": "Bearer tok-b"})
         assert a.status_code == b.status_code == 202 and a.json()["id"] != b.json()["id"]
+
+
+def test_job_status_has_an_etag_and_an_event_stream(client, app, small_checkpoint):
+    job_id = submit(client, small_checkpoint, quick_spec()).json()["id"]
+    first = client.get(f"/v1/jobs/{job_id}")
+    etag = first.headers["ETag"]
+    again = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == etag
+    assert run(app, job_id).status == "succeeded"
+    changed = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["state"] == "succeeded"
+    assert changed.headers["ETag"] != etag
+    # the event stream of a final job: one `job` event, then the stream ends
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[0] == "event: job" and json.loads(lines[1][5:])["state"] == "succeeded"
+    assert len(lines) == 2
+    assert client.get("/v1/jobs/nope/events").status_code == 404

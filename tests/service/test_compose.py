@@ -24,6 +24,8 @@ def test_compose_structure():
         assert any("artifacts" in v for v in services[name]["volumes"])
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert {"redis-data", "postgres-data", "artifacts"} <= set(doc["volumes"])
+    # the worker's healthcheck asks for its heartbeat (tests/integration/test_celery_redis.py)
+    assert services["worker"]["healthcheck"]["test"][1:4] == ["ppr", "worker", "--check"]
 
 
 def test_dockerfile_is_non_root_with_a_healthcheck():
