@@ -7,8 +7,9 @@ It starts `ppr serve --no-worker` (embedded: SQLite, filesystem queue) in a fres
 directory, submits one job (it stays queued: there is no worker), then measures
 1. closed-loop throughput with `wrk` (apt package `wrk`): `GET /healthz` and
    `GET /v1/jobs/{id}`, 64 and 200 connections, 15 s each;
-2. 200 clients each polling the job once a second for 60 s (p50/p99/max, errors, offered
-   vs served);
+2. 200 connections each polling the job once a second for 60 s (wrk with a delay script;
+   p50/p90/p99/max, errors, requests served), with independent phases (1 s +- 10%) and in
+   lockstep (exactly 1 s after each answer: a worst case);
 3. four concurrent 1 GiB uploads (refused at the end: they are not checkpoints), sampling
    the gateway's resident memory (all its processes) every 0.1 s.
 `--root` runs the server from another checkout (e.g. a worktree of an older commit) to
@@ -18,7 +19,6 @@ measure "before". Results go to bench/results/gateway_load-<label>.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -43,12 +43,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, data: Path, port: int, workers: int) -> subprocess.Popen:
+def start_server(root: Path, data: Path, port: int, workers: int,
+                 extra: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PPR_")}
-    env.update(PPR_DATA_DIR=str(data), PYTHONUNBUFFERED="1")
+    # capacity is measured, so the per-principal rate limit (one principal here) is off
+    env.update(PPR_DATA_DIR=str(data), PYTHONUNBUFFERED="1", PPR_READ_RATE_PER_S="0")
     args = [sys.executable, "-m", "ppr_cli.main", "serve", "--port", str(port), "--no-worker"]
     if workers > 1:
         args += ["--workers", str(workers)]
+    args += extra
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=open(data / "serve.log", "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
@@ -82,8 +85,7 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = {p: m.group(1) for p in ("50%", "99%")
-           if (m := re.search(rf"\s{re.escape(p)}\s+([\d.]+\w+)", out))}
+    lat = wrk_latencies(out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {"connections": connections, "seconds": seconds, "requests_per_s": rps,
@@ -92,41 +94,44 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
             "socket_errors": errors.group(1).strip() if errors else None}
 
 
-async def pollers(url: str, clients: int, seconds: float) -> dict:
-    """`clients` clients, each sending one request a second (open loop: a slow answer does
-    not delay the next request's schedule beyond one in flight per client)."""
-    latencies: list[float] = []
-    errors = offered = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
-        async def one(i: int) -> None:
-            nonlocal errors, offered
-            start = time.monotonic() + i / clients  # spread the clients over a second
-            n = 0
-            while (t := start + n) < start + seconds:
-                await asyncio.sleep(max(0.0, t - time.monotonic()))
-                offered += 1
-                t0 = time.monotonic()
-                try:
-                    r = await client.get(url)
-                    if r.status_code != 200:
-                        errors += 1
-                    else:
-                        latencies.append(time.monotonic() - t0)
-                except httpx.HTTPError:
-                    errors += 1
-                n += 1
+PACE_LUA = """
+-- each connection polls about once a second: one CI job per connection; the first request
+-- of each is spread over a second. JITTER = 0: exactly 1 s after each answer, so one stall
+-- lines the connections up and they arrive together from then on (a worst case); 0.1:
+-- 1 s +- 10%, independent phases, as independent CI jobs poll.
+local JITTER = %s
+local first = true
+function delay()
+  if first then first = false; return math.random(0, 1000) end
+  return math.floor(1000 * (1 + JITTER * (2 * math.random() - 1)))
+end
+"""
 
-        await asyncio.gather(*(one(i) for i in range(clients)))
-    latencies.sort()
 
-    def q(p: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1) \
-            if latencies else None
+def wrk_latencies(out: str) -> dict[str, str]:
+    return {p: m.group(1) for p in ("50%", "90%", "99%")
+            if (m := re.search(rf"\s{re.escape(p)}\s+([\d.]+\w+)", out))}
 
-    return {"clients": clients, "seconds": seconds, "offered": offered,
-            "served": len(latencies), "errors": errors, "p50_ms": q(0.5), "p99_ms": q(0.99),
-            "max_ms": round(latencies[-1] * 1000, 1) if latencies else None}
+
+def pollers(url: str, clients: int, seconds: int, folder: Path, jitter: float) -> dict:
+    """`clients` connections, each polling once a second (wrk with a delay script: the
+    load generator is C, so on a 2-core machine it takes little from the server)."""
+    script = folder / "pace.lua"
+    script.write_text(PACE_LUA % jitter)
+    out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency",
+                          "--timeout", "10s", "-s", str(script), url], capture_output=True,
+                         text=True, timeout=seconds + 60).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    lat = wrk_latencies(out)
+    mx = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
+    return {"clients": clients, "seconds": seconds, "jitter": jitter,
+            "offered_about": clients * seconds,
+            "served": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1).strip() if errors else None,
+            "latency_p50": lat.get("50%"), "latency_p90": lat.get("90%"),
+            "latency_p99": lat.get("99%"), "latency_max": mx.group(1) if mx else None}
 
 
 def rss_kib(pid: int) -> int:
@@ -180,16 +185,19 @@ def main() -> None:
     ap.add_argument("--label", default="current")
     ap.add_argument("--root", type=Path, default=HERE.parent)
     ap.add_argument("--seconds", type=int, default=15)
-    ap.add_argument("--poll-seconds", type=float, default=60)
+    ap.add_argument("--poll-seconds", type=int, default=60)
     ap.add_argument("--upload-gib", type=float, default=1.0)
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="extra `ppr serve` argument, e.g. --serve-arg=--no-access-log")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data, port = Path(tmp), free_port()
-        proc = start_server(args.root.resolve(), data, port, args.workers)
+        proc = start_server(args.root.resolve(), data, port, args.workers, args.serve_arg)
         url = f"http://127.0.0.1:{port}"
         try:
             job = submit_job(url, data)
             result = {"label": args.label, "workers": args.workers,
+                      "serve_args": args.serve_arg,
                       "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                                cwd=args.root, capture_output=True,
                                                text=True).stdout.strip(),
@@ -200,8 +208,8 @@ def main() -> None:
                 result["closed_loop"][name] = [wrk(url + path, c, args.seconds)
                                                for c in (64, 200)]
                 print(name, result["closed_loop"][name], flush=True)
-            result["pollers"] = asyncio.run(pollers(f"{url}/v1/jobs/{job}", 200,
-                                                    args.poll_seconds))
+            result["pollers"] = [pollers(f"{url}/v1/jobs/{job}", 200, args.poll_seconds,
+                                         data, jitter) for jitter in (0.1, 0.0)]
             print("pollers", result["pollers"], flush=True)
             result["uploads"] = uploads(url, proc, 4, int(args.upload_gib * (1 << 30)), data)
             print("uploads", result["uploads"], flush=True)

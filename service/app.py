@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 
 from fastapi import FastAPI
@@ -31,6 +32,11 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
         dispatcher = Dispatcher(app.state.store, app.state.queue,
                                 settings.dispatch_interval_s)
         dispatcher.start()
+        # The gateway imports the engine (torch and friends): hundreds of thousands of
+        # long-lived objects that every full garbage collection would walk, a pause of
+        # ~100 ms under load. Freeze them out of the collector once start-up is done.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -43,8 +45,8 @@ class JobView(BaseModel):
     links: Links
 
     @classmethod
-    def of(cls, job: Job) -> JobView:
-        """The view of a job record."""
+    def of(cls, job: Job | Any) -> JobView:
+        """The view of a job record (or of a row of JobStore.STATUS_COLUMNS)."""
         base = f"/v1/jobs/{job.id}"
         return cls(
             id=job.id, kind=job.kind, state=job.state, stage=job.stage, progress=job.progress,
@@ -56,7 +58,7 @@ class JobView(BaseModel):
             links=Links(self=base, report=f"{base}/report", report_html=f"{base}/report?format="
                         "html", report_md=f"{base}/report?format=md", cancel=base,
                         artifacts={name: f"{base}/artifacts/{name}"
-                                   for name in job.artifact_map()}))
+                                   for name in json.loads(job.artifacts or "{}")}))
 
 
 class JobAccepted(BaseModel):

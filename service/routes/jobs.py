@@ -109,14 +109,20 @@ def _etag(body: bytes) -> str:
 
 @router.get("/jobs/{job_id}", response_model=JobView, operation_id="get_job", responses={
     304: {"description": "not modified since the ETag given in If-None-Match"}, **ERRORS})
-def get_job(job_id: str, principal: Principal, store: StoreDep,
+async def get_job(job_id: str, principal: Principal, store: StoreDep,
             if_none_match: Annotated[str | None, Header(
                 description="an ETag of an earlier answer: 304 while the job is unchanged")]
             = None) -> Response:
     """A job's state, stage, progress, attempts, timings and links. Answers carry an ETag;
     a poll with If-None-Match gets an empty 304 until something changed. Rather than poll,
     follow GET /v1/jobs/{id}/events."""
-    body = JobView.of(_job(store, job_id, principal)).model_dump_json().encode()
+    # SQLite answers a keyed lookup in about 0.2 ms: on the event loop that costs less than
+    # a hop to the thread pool. A networked database is read from the pool.
+    row = (store.status(job_id, principal) if store.local
+           else await run_in_threadpool(store.status, job_id, principal))
+    if row is None:
+        raise ApiError(404, f"no job {job_id}", "not_found")
+    body = JobView.of(row).model_dump_json().encode()
     etag = _etag(body)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
