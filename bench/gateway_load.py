@@ -99,7 +99,7 @@ PACE_LUA = """
 -- of each is spread over a second. JITTER = 0: exactly 1 s after each answer, so one stall
 -- lines the connections up and they arrive together from then on (a worst case); 0.1:
 -- 1 s +- 10%, independent phases, as independent CI jobs poll.
-local JITTER = %s
+local JITTER = JITTER_VALUE
 local first = true
 function delay()
   if first then first = false; return math.random(0, 1000) end
@@ -117,7 +117,7 @@ def pollers(url: str, clients: int, seconds: int, folder: Path, jitter: float) -
     """`clients` connections, each polling once a second (wrk with a delay script: the
     load generator is C, so on a 2-core machine it takes little from the server)."""
     script = folder / "pace.lua"
-    script.write_text(PACE_LUA % jitter)
+    script.write_text(PACE_LUA.replace("JITTER_VALUE", str(jitter)))
     out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency",
                           "--timeout", "10s", "-s", str(script), url], capture_output=True,
                          text=True, timeout=seconds + 60).stdout

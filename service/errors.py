@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ppr_engine.errors import InputError
 
@@ -42,6 +43,19 @@ def body(status: int, message: str, kind: str) -> JSONResponse:
                         status_code=status)
 
 
+def _allowed(request: Request) -> list[str]:
+    """The methods some route serves at this request's path (Starlette answers a 405 with
+    the methods of the first route that matched the path only)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        match_any = match != Match.NONE or route.matches(
+            {**request.scope, "method": "POST"})[0] != Match.NONE
+        if match_any and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the error shape."""
 
@@ -63,7 +77,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return body(exc.status_code, str(exc.detail), "http_error")
+        response = body(exc.status_code, str(exc.detail), "http_error")
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            response.headers["Allow"] = ", ".join(_allowed(request))
+        return response
 
     @app.exception_handler(DBOperationalError)
     @app.exception_handler(DBInterfaceError)

@@ -22,6 +22,11 @@ class Links(BaseModel):
     artifacts: dict[str, str] = Field(default_factory=dict)
 
 
+def utc(t: dt.datetime | None) -> dt.datetime | None:
+    """A stored time (naive UTC) as an aware one, so it is sent as RFC 3339 with an offset."""
+    return None if t is None else t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t
+
+
 class JobView(BaseModel):
     """A job's status."""
 
@@ -53,8 +58,8 @@ class JobView(BaseModel):
             message=job.message, attempts=job.attempts, error=job.error,
             error_kind=job.error_kind, cancel_requested=job.cancel_requested,
             checkpoint_name=job.checkpoint_name, checkpoint_sha256=job.checkpoint_sha256,
-            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-            updated_at=job.updated_at,
+            created_at=utc(job.created_at), started_at=utc(job.started_at),
+            finished_at=utc(job.finished_at), updated_at=utc(job.updated_at),
             links=Links(self=base, report=f"{base}/report", report_html=f"{base}/report?format="
                         "html", report_md=f"{base}/report?format=md", cancel=base,
                         artifacts={name: f"{base}/artifacts/{name}"
@@ -93,7 +98,7 @@ class DatasetView(BaseModel):
     def of(cls, ds: Dataset) -> DatasetView:
         """The view of a dataset record."""
         return cls(id=ds.id, name=ds.name, ref=f"dataset:{ds.id}", sha256=ds.sha256,
-                   size=ds.size, files=ds.files, created_at=ds.created_at)
+                   size=ds.size, files=ds.files, created_at=utc(ds.created_at))
 
 
 class ErrorBody(BaseModel):

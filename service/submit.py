@@ -132,7 +132,8 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
     except Exception as exc:  # noqa: BLE001 - any broker failure means the same to the caller
         raise Unavailable("the job queue (broker)", exc, "nothing was stored; retry later") \
             from None
-    form = await read_form(request, artifacts, FILE_FIELD, settings.max_upload_bytes)
+    form = await read_form(request, artifacts, FILE_FIELD, settings.max_upload_bytes,
+                           (SPEC_FIELD,))
     upload = form.upload
     job_id = new_id()
     prefix = f"jobs/{job_id}"

@@ -28,8 +28,9 @@ class Form:
 
 
 async def read_form(request: Request, store: ArtifactStore, file_field: str,
-                    limit: int) -> Form:
-    """Parse the request; the part named `file_field` streams into an Upload."""
+                    limit: int, text_fields: tuple[str, ...] = ()) -> Form:
+    """Parse the request; the part named `file_field` streams into an Upload, the parts
+    named in `text_fields` are kept as text, any other part is refused (422)."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(415, "expected multipart/form-data with a file field "
@@ -65,8 +66,12 @@ async def read_form(request: Request, store: ArtifactStore, file_field: str,
                 return
             form.upload = store.upload(limit)
             form.filename = disp.get(b"filename", b"").decode("utf-8", "replace")
-        else:
+        elif name in text_fields:
             state["buf"] = bytearray()
+        elif not state["error"]:
+            known = ", ".join(repr(f) for f in (file_field, *text_fields))
+            state["error"] = ApiError(422, f"unknown form field {name[:60]!r}; the fields are "
+                                      f"{known}")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["error"]:

@@ -19,7 +19,8 @@ from ..store.db import new_id
 from ..uploads import read_form
 
 router = APIRouter(tags=["datasets"])
-ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 413, 415, 422)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 429,
+                                                  503)}
 UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["archive"], "properties": {
         "archive": {"type": "string", "format": "binary",
@@ -33,7 +34,8 @@ UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {
 async def upload_dataset(request: Request, principal: Principal, settings: SettingsDep,
                          store: StoreDep, artifacts: ArtifactsDep) -> DatasetView:
     """Upload a dataset archive; it is checked member by member before it is kept."""
-    form = await read_form(request, artifacts, "archive", settings.max_dataset_bytes)
+    form = await read_form(request, artifacts, "archive", settings.max_dataset_bytes,
+                           ("name",))
     upload = form.upload
     if upload is None or upload.size == 0:
         raise ApiError(422, "missing or empty file field 'archive'")

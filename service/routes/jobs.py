@@ -43,7 +43,8 @@ MULTIPART = {"requestBody": {"required": True, "content": {"multipart/form-data"
         "spec": {"type": "string", "description": "the AuditSpec as JSON "
                  "(#/components/schemas/AuditSpec)", "example": EXAMPLE_SPEC}}},
     "encoding": {"spec": {"contentType": "application/json"}}}}}}
-ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422,
+                                                  429, 503)}
 
 
 KeyHeader = Annotated[str | None, Header(
@@ -97,7 +98,8 @@ def _job(store, job_id: str, principal: str):
 def list_jobs(principal: Principal, store: StoreDep,
               state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None
               = None, kind: Literal["audit", "purify"] | None = None,
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> JobPage:
+              limit: int = Query(50, ge=1, le=500),
+              offset: int = Query(0, ge=0, le=2**31 - 1)) -> JobPage:
     """The caller's jobs, newest first, filtered by state and kind."""
     rows, total = store.list(principal, state=state, kind=kind, limit=limit, offset=offset)
     return JobPage(items=[JobView.of(j) for j in rows], total=total, limit=limit, offset=offset)
