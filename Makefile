@@ -36,3 +36,4 @@ openapi: setup
 bench: setup
 	$(VENV)/bin/python bench/make_backdoor_cpu.py
 	$(VENV)/bin/python bench/demo_walltime.py
+	$(VENV)/bin/python bench/train_throughput.py --arch small_cnn --images 8000 --workers 2

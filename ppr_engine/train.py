@@ -52,6 +52,7 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     """Move `model` to `device` (channels_last on CUDA)."""
     model = model.to(device)
     if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
         model = model.to(memory_format=torch.channels_last)
     return model
 

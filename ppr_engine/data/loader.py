@@ -35,6 +35,12 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     return x
 
 
+def device_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A seeded generator on `device` when it is a GPU, else on the CPU."""
+    device = torch.device(device)
+    return torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to float in [0, 1]."""
     return x.float().div_(255.0)
@@ -52,7 +58,9 @@ class DeviceLoader:
         self.augment = augment
         self.device = torch.device(device)
         self.drop_last = drop_last
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        # on the GPU the shuffle and the crop/flip draws happen there: no per-batch copies
+        # (the CPU stream, which the tests see, is unchanged)
+        self.generator = device_generator(self.device, seed)
 
     def __len__(self) -> int:
         n = len(self.ds)
@@ -65,8 +73,8 @@ class DeviceLoader:
     def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Batches with each image's index in its source (for sample-specific triggers)."""
         n = len(self.ds)
-        order = (torch.randperm(n, generator=self.generator) if self.shuffle
-                 else torch.arange(n)).to(self.device)
+        order = (torch.randperm(n, generator=self.generator, device=self.generator.device)
+                 if self.shuffle else torch.arange(n)).to(self.device)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..data import DeviceLoader, ImageSet
+from ..data import DeviceLoader, ImageSet, device_generator
 from ..models import architecture, head_of, submodule
 from ..train import Progress, fit, no_progress, predict
 from .base import (
@@ -202,12 +202,12 @@ def detect_target(model: nn.Module, gen: nn.Module, data: ImageSet, device: torc
                   seed: int, min_confidence: float) -> Detection:
     """The most frequent prediction on G(x + 0.03 noise) (the authors' rule), with the share
     of images of other classes that G sends there as its confidence."""
-    g = torch.Generator().manual_seed(seed)
+    g = device_generator(device, seed)
     k = head_of(model).out_features
     preds, labels = [], []
     gen.eval()
     for x, y in DeviceLoader(data, 512, shuffle=False, device=device):
-        noise = torch.randn(x.shape, generator=g).to(device)
+        noise = torch.randn(x.shape, generator=g, device=g.device).to(device)
         with torch.no_grad():
             preds.append(predict(model, gen((x + 0.03 * noise).clamp(0, 1))))
         labels.append(y.cpu())

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..data import DeviceLoader
+from ..data import DeviceLoader, device_generator
 from .base import DEFENSES, DefenseContext, Purified
 
 
@@ -43,7 +43,7 @@ def ibau(model, ctx: DefenseContext, p: IBAUParams) -> Purified:
     batches = list(DeviceLoader(ctx.clean, p.batch_size, shuffle=True, augment=True,
                                 device=ctx.device, seed=ctx.seed))
     x1, y1 = batches[0]
-    g = torch.Generator().manual_seed(ctx.seed)
+    g = device_generator(ctx.device, ctx.seed)
 
     def inner(delta):
         return -F.cross_entropy(model(x1 + delta * std), y1) + p.penalty * delta.pow(2).sum()
@@ -61,7 +61,7 @@ def ibau(model, ctx: DefenseContext, p: IBAUParams) -> Purified:
         delta = delta.detach()
         for x, y in batches:
             k = max(1, int(p.patch_fraction * len(x)))
-            pick = torch.randperm(len(x), generator=g)[:k].to(ctx.device)
+            pick = torch.randperm(len(x), generator=g, device=g.device)[:k].to(ctx.device)
             d = delta.clone().requires_grad_(True)
             x_pert = x.clone()
             x_pert[pick] = x[pick] + d * std
