@@ -105,9 +105,22 @@ def train(a: argparse.Namespace, refs: dict[str, str]) -> Path:
     return ckpt
 
 
+def method_entry(text: str) -> dict:
+    """`pam` or `pam+data=trigger` (a variant with parameters, reported as `pam_trigger`)."""
+    name, *pairs = text.split("+")
+    entry: dict = {"name": name}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        entry[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") \
+            else value
+    if pairs:
+        entry["label"] = "_".join([name] + [p.partition("=")[2] for p in pairs])
+    return entry
+
+
 def plan(a: argparse.Namespace) -> dict:
     """Every method at its reference budget; RA at the reference budget and a sweep."""
-    methods = [{"name": m} for m in a.methods.split(",")]
+    methods = [method_entry(m) for m in a.methods.split(",")]
     if a.scale == "cpu" and not a.smoke:
         # reduced budgets for the methods whose reference budgets take hours on 2 cores
         inv = {"pretrain_epochs": 10, "mask_epochs": 5, "gen_epochs": 10}
@@ -117,7 +130,8 @@ def plan(a: argparse.Namespace) -> dict:
             elif m["name"] == "ibau":
                 m.update(rounds=2)
             elif m["name"] in ("bti_dbf", "pam"):
-                m.update(rounds=2, epochs=10, scale_to=None, inversion=inv)
+                m.update(rounds=2, epochs=10, scale_to=None,
+                         **({} if m.get("data") == "trigger" else {"inversion": inv}))
             elif m["name"] == "tsbd":
                 m.update(max_unlearn_epochs=20)
         return {"methods": methods, "retune": {"sweep": [[20, 5], [50, 5], [50, 10]]},

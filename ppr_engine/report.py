@@ -177,6 +177,10 @@ def detection_notes(report: AuditReport) -> list[tuple[str, bool]]:
         if not det["confident"]:
             text += ("; NOT CONFIDENT: the inversion found no class that most images go to, "
                      "so this method's unlearning data may not carry the backdoor")
+        shares = m.record.get("fallback_shares")
+        if shares:
+            text += ("; the generator spent " + ", ".join(f"{s:.0%}" for s in shares)
+                     + " of its steps (by round) held back by the pixel or feature bound")
         notes.append((text + ".", bool(det["confident"])))
     return notes
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..data import DeviceLoader
-from ..train import accuracy
+from ..train import accuracy, autocast
 from .base import DEFENSES, DefenseContext, Purified
 
 
@@ -95,21 +95,24 @@ def learn_masks(model: nn.Module, ctx: DefenseContext, p: ANPParams) -> dict[str
             for nb in (nb for _, nb in layers):
                 nb.noisy = True
             for _ in range(p.steps):
-                loss = -F.cross_entropy(work(x), y)
+                with autocast(ctx.device):
+                    loss = -F.cross_entropy(work(x), y)
                 grads = torch.autograd.grad(loss, noises)
-                with torch.no_grad():
-                    for t, g in zip(noises, grads, strict=True):
-                        t.sub_((p.eps / p.steps) * g.sign())  # descent on -CE = ascent on CE
-            noisy_loss = F.cross_entropy(work(x), y)
+                with torch.no_grad():  # descent on -CE = ascent on CE
+                    torch._foreach_sub_(noises, torch._foreach_mul(
+                        torch._foreach_sign(grads), p.eps / p.steps))
+            with autocast(ctx.device):
+                noisy_loss = F.cross_entropy(work(x), y)
             for _, nb in layers:
                 nb.noisy = False
-            clean_loss = F.cross_entropy(work(x), y)
+            with autocast(ctx.device):
+                clean_loss = F.cross_entropy(work(x), y)
             mask_opt.zero_grad(set_to_none=True)
             (p.alpha * clean_loss + (1 - p.alpha) * noisy_loss).backward()
             mask_opt.step()
             with torch.no_grad():
-                for m in masks:
-                    m.clamp_(0, 1)
+                torch._foreach_clamp_min_(masks, 0.0)
+                torch._foreach_clamp_max_(masks, 1.0)
             done += 1
             if done % 50 == 0:
                 ctx.progress(f"anp: mask step {done}/{p.iterations}", 0.8 * done / p.iterations)

@@ -131,6 +131,7 @@ def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
     if inverter is not None and inverter.detection is not None:
         record["detection"] = inverter.detection.record()
         record["detected_target"] = inverter.detection.target
+        record["fallback_shares"] = inverter.fallback_shares
     record["epochs_per_round"] = epochs
     record["distance_to_bd"] = step.distance()
     return Purified(model, record)

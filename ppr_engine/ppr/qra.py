@@ -20,7 +20,7 @@ from ..attacks import Trigger
 from ..data import DeviceLoader, ImageSet
 from ..metrics import attack_success_rate, target_rate
 from ..spec import QRASpec
-from ..train import Progress, no_progress
+from ..train import Progress, autocast, no_progress
 
 
 class PerturbationGenerator(nn.Module):
@@ -84,11 +84,13 @@ def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, dat
     try:
         for epoch in range(spec.epochs):
             for x, y in loader:
-                with torch.no_grad():
-                    p_ra = F.softmax(retuned(x), 1)
-                xp = gen(x)
-                kl = F.kl_div(F.log_softmax(purified(xp), 1), p_ra, reduction="batchmean")
-                loss = spec.alpha * kl + F.cross_entropy(reference(xp), y)
+                with autocast(device):
+                    with torch.no_grad():
+                        p_ra = F.softmax(retuned(x).float(), 1)
+                    xp = gen(x)
+                    kl = F.kl_div(F.log_softmax(purified(xp).float(), 1), p_ra,
+                                  reduction="batchmean")
+                    loss = spec.alpha * kl + F.cross_entropy(reference(xp).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -58,8 +58,17 @@ def test_bti_dbf_detects_a_badnets_target_7(device):
     model, trig = _backdoor("badnets", 7, device)
     train, val = data.train_val(data.make_synthetic(1000, seed=2), 0.1, seed=0)
     ctx = DefenseContext(train, val, device, seed=0)
-    det = invert(copy.deepcopy(model), ctx, InversionParams(**DEMO_INVERSION)).detection
+    inverter = invert(copy.deepcopy(model), ctx, InversionParams(**DEMO_INVERSION))
+    det = inverter.detection
     assert det.target == 7 and det.confident, det
+    # a generator that finds the trigger alternates between moving the backdoor features
+    # and being pulled back by the bounds (0.76 of its steps here); one whose pixel bound no
+    # image can meet spends them all in the fall-back
+    assert len(inverter.fallback_shares) == 1 and 0 < inverter.fallback_shares[0] < 0.95
+    pinned = invert(copy.deepcopy(model), ctx, InversionParams(**{
+        **DEMO_INVERSION, "pretrain_epochs": 0, "mask_epochs": 1, "gen_epochs": 1,
+        "norm_bound": 1e-12}))
+    assert pinned.fallback_shares == [1.0]
 
 
 def test_detection_confidence_is_the_share_of_other_classes_sent_to_the_target(device):

@@ -105,6 +105,10 @@ def test_an_unconfident_detection_is_shown_not_hidden():
     r.methods[0].record["detection"] = {**det, "target": 3, "confidence": 0.97,
                                         "confident": True}
     assert "NOT CONFIDENT" not in render(r, "md")[0]
+    assert "held back" not in render(r, "md")[0]
+    r.methods[0].record["fallback_shares"] = [0.97, 0.12]
+    for text in render(r, "md")[0], render(r, "html")[0]:
+        assert "the generator spent 97%, 12% of its steps (by round) held back" in text
 
 
 def _trigger(p_asr: float, budgets: list[tuple[int, float, float]]) -> TriggerResult:
