@@ -4,12 +4,13 @@ For each (attack, target, seed): poison 10% of a synthetic training set, train s
 then run one round of BTI-DBF's inversion (the demo's CPU-scale settings) on a defender's
 set of 900 images and record the detected class, its confidence (the share of non-target
 images the generator sends there) and whether it is the true target.
-Run: `python bench/bti_detection.py` (about 30 minutes on two CPU cores; the result files are
-rewritten after every run).
+Run: `python bench/bti_detection.py [--attacks sig wanet] [--seeds 0] [--tag T]` (all of it
+takes about 30 minutes on two CPU cores; the result files are rewritten after every run).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -72,20 +73,27 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--tag", default="", help="suffix of the result files (a partial run)")
+    a = ap.parse_args()
     torch.set_num_threads(1)  # two of these can run side by side on two cores
     device = torch.device("cpu")
     rows = []
+    name = "bti_detection" + (f"-{a.tag}" if a.tag else "")
     # seeds outermost, and the files rewritten after every run: a stopped run still leaves
     # a table covering every (attack, target) for the seeds it finished
-    for s in SEEDS:
-        for attack in ATTACKS:
+    for s in a.seeds:
+        for attack in a.attacks:
             for t in TARGETS:
                 rows.append(run_one(attack, t, s, device))
                 print(rows[-1], flush=True)
-                (RESULTS / "bti_detection.md").write_text(table(rows))
-                write("bti_detection", {
+                (RESULTS / f"{name}.md").write_text(table(rows))
+                write(name, {
                     "what": "BTI-DBF detection, small_cnn, synthetic, 10% poisoning",
-                    "inversion": DEMO_INVERSION, "rows": rows,
+                    "inversion": InversionParams(**DEMO_INVERSION).model_dump(),
+                    "rows": rows,
                     "correct": sum(r["correct"] for r in rows), "runs": len(rows)})
 
 

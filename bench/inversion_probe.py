@@ -61,7 +61,10 @@ def main() -> None:
         start = time.perf_counter()
         inverter = invert(model, DefenseContext(train, val, device, seed=0), params)
         det = inverter.detection
-        rows.append({"variant": overrides, "detected": det.target,
+        rows.append({"variant": overrides,
+                     "bounds": params.model_dump(include={"feat_bound", "norm_bound",
+                                                          "gen_output"}),
+                     "detected": det.target,
                      "correct": det.target == a.target, "confidence": round(det.confidence, 3),
                      "margin": round(det.margin, 3), "fallback_share": inverter.fallback_shares[0],
                      "seconds": round(time.perf_counter() - start, 1)})
