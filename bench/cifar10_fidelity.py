@@ -111,8 +111,10 @@ def method_entry(text: str) -> dict:
     entry: dict = {"name": name}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        entry[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") \
-            else value
+        try:
+            entry[key] = json.loads(value)  # numbers and booleans
+        except json.JSONDecodeError:
+            entry[key] = value  # a word such as `trigger`
     if pairs:
         entry["label"] = "_".join([name] + [p.partition("=")[2] for p in pairs])
     return entry

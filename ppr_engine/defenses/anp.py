@@ -103,9 +103,8 @@ def learn_masks(model: nn.Module, ctx: DefenseContext, p: ANPParams) -> dict[str
                         torch._foreach_sign(grads), p.eps / p.steps))
             with autocast(ctx.device):
                 noisy_loss = F.cross_entropy(work(x), y)
-            for _, nb in layers:
-                nb.noisy = False
-            with autocast(ctx.device):
+                for _, nb in layers:
+                    nb.noisy = False
                 clean_loss = F.cross_entropy(work(x), y)
             mask_opt.zero_grad(set_to_none=True)
             (p.alpha * clean_loss + (1 - p.alpha) * noisy_loss).backward()

@@ -257,8 +257,8 @@ class Inverter:
         self.detection: Detection | None = None
         self.rounds = 0
         # per round, the share of generator steps spent in the pixel fall-back; a G that
-        # finds the trigger alternates (about 3 in 4 steps held back on the CPU tests), a
-        # share near 1 means G was pinned and never moved the backdoor features
+        # finds the trigger alternates (0.55-0.79 in docs/RESULTS.md's probe), a share near
+        # 1 means G was pinned and never moved the backdoor features
         self.fallback_shares: list[float] = []
 
     def _pretrained(self, model: nn.Module) -> UNet:
@@ -332,6 +332,13 @@ class Inverter:
         self.rounds += 1
         return self.detection
 
+    def record(self) -> dict:
+        """What BTI-DBF's and PAM's records say of the inversion."""
+        det = self.detection
+        return {"detection": det.record() if det else None,
+                "detected_target": det.target if det else None,
+                "fallback_shares": self.fallback_shares}
+
     def replace(self, ratio: float):
         """The unlearning batch transform: `ratio` of each batch replaced by G(x)."""
         gen = self.gen
@@ -391,9 +398,5 @@ def bti_dbf(model, ctx: DefenseContext, p: BTIParams) -> Purified:
             schedule="constant", batch_size=p.batch_size, augment=p.augment, device=ctx.device,
             seed=ctx.seed + r, progress=ctx.progress, stage=f"bti_dbf unlearning {r + 1}",
             transform=batches.transform, loss_fn=batches.loss)
-    det = inverter.detection
-    return Purified(model, {"detection": det.record() if det else None,
-                            "detected_target": det.target if det else None,
-                            "fallback_shares": inverter.fallback_shares,
-                            "epochs_per_round": epochs})
+    return Purified(model, {**inverter.record(), "epochs_per_round": epochs})
 

@@ -128,10 +128,8 @@ def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
             augment=p.augment, optimizer=p.optimizer, device=ctx.device, seed=ctx.seed + r,
             progress=ctx.progress, transform=transform, step_fn=step,
             stage=f"pam round {r + 1}/{p.rounds}")
-    if inverter is not None and inverter.detection is not None:
-        record["detection"] = inverter.detection.record()
-        record["detected_target"] = inverter.detection.target
-        record["fallback_shares"] = inverter.fallback_shares
+    if inverter is not None:
+        record.update(inverter.record())
     record["epochs_per_round"] = epochs
     record["distance_to_bd"] = step.distance()
     return Purified(model, record)

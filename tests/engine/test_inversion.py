@@ -62,8 +62,8 @@ def test_bti_dbf_detects_a_badnets_target_7(device):
     det = inverter.detection
     assert det.target == 7 and det.confident, det
     # a generator that finds the trigger alternates between moving the backdoor features
-    # and being pulled back by the bounds (0.76 of its steps here); one whose pixel bound no
-    # image can meet spends them all in the fall-back
+    # and being pulled back by the bounds; one whose pixel bound no image can meet spends
+    # every step in the fall-back
     assert len(inverter.fallback_shares) == 1 and 0 < inverter.fallback_shares[0] < 0.95
     pinned = invert(copy.deepcopy(model), ctx, InversionParams(**{
         **DEMO_INVERSION, "pretrain_epochs": 0, "mask_epochs": 1, "gen_epochs": 1,
