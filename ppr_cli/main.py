@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 
-ENGINE = ("demo", "audit", "purify", "make-backdoor", "eval", "methods")
+ENGINE = ("demo", "audit", "purify", "make-backdoor", "eval", "methods",
+          "import-backdoorbench")
 GROUPS = {
     "serve": ("service.cli", "the API (embedded mode unless a broker is configured)"),
     "worker": ("worker.cli", "a Celery worker (one per GPU)"),
@@ -20,6 +21,7 @@ ENGINE_HELP = {
     "make-backdoor": "train a backdoored model",
     "eval": "C-Acc and ASR of a checkpoint",
     "methods": "list architectures, attacks and purification methods",
+    "import-backdoorbench": "a BackdoorBench attack result -> checkpoint, examples, spec",
 }
 
 
@@ -28,9 +30,9 @@ def usage() -> str:
     lines = ["Usage: ppr COMMAND [ARGS]...", "", "ppr-audit: does a backdoor defense remove "
              "the backdoor, or only hide it?", "", "Commands:"]
     for name in ENGINE:
-        lines.append(f"  {name:<14} {ENGINE_HELP[name]}")
+        lines.append(f"  {name:<21} {ENGINE_HELP[name]}")
     for name, (_, text) in GROUPS.items():
-        lines.append(f"  {name:<14} {text}")
+        lines.append(f"  {name:<21} {text}")
     lines.append("\nRun `ppr COMMAND --help` for a command's options.")
     return "\n".join(lines)
 

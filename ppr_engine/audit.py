@@ -109,22 +109,26 @@ class _Data:
 def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, dict]:
     arch = models.architecture(spec.model.arch)
     kw = {"resolve_dataset": resolve_dataset, "roots": roots, "size": arch.input_size}
-    clean = data.load(spec.data.clean, **kw)
-    test = data.load(spec.data.test, **kw)
-    for name, ds in (("clean", clean), ("test", test)):
+    def load(ref: str, name: str) -> ImageSet:
+        """Load `ref` and refuse images the model cannot take."""
+        ds = data.load(ref, **kw)
         if ds.x.shape[-1] != arch.input_size or ds.x.shape[-2] != arch.input_size:
-            raise SpecError(f"data.{name}: images are {tuple(ds.x.shape[-2:])}, but "
+            raise SpecError(f"{name}: images are {tuple(ds.x.shape[-2:])}, but "
                             f"{spec.model.arch} takes {arch.input_size}x{arch.input_size}; "
                             f"add ?size={arch.input_size} to the reference")
-        if int(ds.y.max()) >= spec.model.num_classes:
-            raise SpecError(f"data.{name} has label {int(ds.y.max())}, but the model has "
+        if len(ds) and int(ds.y.max()) >= spec.model.num_classes:
+            raise SpecError(f"{name} has label {int(ds.y.max())}, but the model has "
                             f"{spec.model.num_classes} classes")
+        return ds
+
+    clean = load(spec.data.clean, "data.clean")
+    test = load(spec.data.test, "data.test")
     # roles, whatever the references look like: sample-specific triggers (SSBA) look the
     # defender's and the attacker's images up in the attack's training split, test images
     # in its test split
     clean, test = replace(clean, split="train"), replace(test, split="test")
     if spec.data.attacker:
-        pool = replace(data.load(spec.data.attacker, **kw), split="train")
+        pool = replace(load(spec.data.attacker, "data.attacker"), split="train")
         attacker_prov = {"ref": spec.data.attacker}
         refuse_overlap(test, {"data.clean": clean, "data.attacker": pool})
     else:
@@ -139,10 +143,11 @@ def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, 
         attacker_prov = {"ref": f"{need} images split from data.clean (RA's seed)"}
     clean_train, val = data.train_val(clean, spec.data.val_fraction, spec.seed)
     triggers = [t.build() for t in spec.triggers]
-    for t in triggers:
+    for i, t in enumerate(triggers):
         if t.target >= spec.model.num_classes:
             raise SpecError(f"trigger target {t.target} is not a class of a "
                             f"{spec.model.num_classes}-class model")
+        t.bind(lambda ref, i=i: load(ref, f"triggers.{i}"))
     triggered = [triggered_test(test, t) for t in triggers]
     d = _Data(clean.to(device), clean_train.to(device), val.to(device), test.to(device),
               pool.to(device), triggers, [t.label for t in spec.triggers],
@@ -154,6 +159,9 @@ def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, 
         "attacker": {**attacker_prov, "n": len(pool), "sha256": pool.content_hash(),
                      "shared_with_clean": len(pool.shared_with(clean))},
     }
+    for lbl, t in zip(d.labels, triggers, strict=True):
+        if (own := t.provenance()) is not None:
+            prov[f"trigger {lbl}"] = own
     return d, prov
 
 

@@ -6,7 +6,9 @@ from typing import Any
 
 
 def catalog() -> dict[str, list[dict[str, Any]]]:
-    """Architectures, attacks and purification methods with parameters and defaults."""
+    """Architectures, attacks (parametric, and `examples`: a trigger given by poisoned
+    images), purification methods with parameters and defaults, and the data reference
+    kinds (`backdoorbench` reads a BackdoorBench result's poisoned samples)."""
     from .attacks import ATTACKS
     from .defenses import DEFENSES
     from .models import ARCHITECTURES
@@ -17,6 +19,9 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
         archs.append({"name": e.name, "summary": e.summary, "input_size": a.input_size,
                       "mean": list(a.mean), "std": list(a.std), "head": a.head,
                       "stages": list(a.stages), "params": {}})
+    from .data.refs import KIND_SUMMARIES
+
     return {"architectures": archs,
             "attacks": [e.describe() for e in ATTACKS],
-            "methods": [e.describe() for e in DEFENSES]}
+            "methods": [e.describe() for e in DEFENSES],
+            "data_kinds": [{"name": k, "summary": v} for k, v in KIND_SUMMARIES.items()]}

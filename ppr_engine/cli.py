@@ -1,4 +1,5 @@
-"""The engine's commands (a typer app): demo, audit, purify, make-backdoor, eval, methods.
+"""The engine's commands (a typer app): demo, audit, purify, make-backdoor, eval, methods,
+import-backdoorbench.
 
 Mounted by the `ppr` composition root (`ppr_cli`). Every command takes `--json` where it
 prints results, shows progress bars on a terminal, and exits non-zero with one clear line
@@ -232,6 +233,7 @@ def eval_cmd(
                             "images": len(test), "c_acc": clean_accuracy(model, test)}
     if attack:
         trig = build_trigger(attack, {**parse_kv(param), "target": target})
+        trig.bind(lambda ref: data_mod.load(ref, size=models.architecture(arch).input_size))
         info["asr"] = attack_success_rate(model, triggered_test(test, trig), target)
     _emit(info, as_json)
 
@@ -259,6 +261,36 @@ def audit(
         typer.echo(f"reports written to {out}/report.{{json,md,html}}")
     if outcome.report.gate.passed is False:
         raise typer.Exit(1)
+
+
+@app.command("import-backdoorbench")
+@guarded
+def import_backdoorbench_cmd(
+    result: Annotated[Path, typer.Argument(help="BackdoorBench result folder (or its "
+                                           "attack_result.pt)")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("bb-import"),
+    clean: Annotated[str | None, typer.Option(help="the defender's clean data reference "
+                                              "(default: BackdoorBench's own dataset path)")
+                     ] = None,
+    test: Annotated[str | None, typer.Option(help="clean test data reference")] = None,
+    arch: Annotated[str | None, typer.Option(help="architecture (default: from the "
+                                             "result's model name)")] = None,
+    methods: Annotated[str, typer.Option(help="comma-separated methods of the spec")] =
+        "ft,fst,bti_dbf,ep,pam",
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a BackdoorBench attack result: a safetensors checkpoint, the poisoned samples
+    as ImageFolder archives, and an audit spec that gives the trigger by example."""
+    from .bb_import import import_backdoorbench
+
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    res = import_backdoorbench(result, out, clean=clean, test=test, arch=arch, methods=names)
+    info = {"checkpoint": str(res.checkpoint), "spec": str(res.spec),
+            "manifest": str(res.manifest), "arch": res.arch, "target": res.target,
+            "test_examples": res.test_examples, "train_examples": res.train_examples}
+    _emit(info, as_json)
+    if not as_json:
+        typer.echo(f"next: ppr audit {res.checkpoint} --spec {res.spec}")
 
 
 @app.command()

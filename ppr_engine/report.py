@@ -357,6 +357,11 @@ def to_markdown(report: AuditReport) -> str:
     asr = ", ".join(f"{k}: {fmt(v)}" for k, v in report.model.asr.items())
     out.append(f"Submitted model `{pv.checkpoint_name}` (sha256 `{pv.checkpoint_sha256[:12]}`): "
                f"C-Acc {fmt(report.model.c_acc)}, ASR {asr or '-'}.")
+    for key, given in pv.data.items():
+        if key.startswith("trigger ") and given.get("kind") == "examples":
+            out.append(f"Trigger `{key.removeprefix('trigger ')}` given by example: "
+                       f"{given.get('measured')} held-out images measure ASR, "
+                       f"{given.get('attacking')} others serve RA, QRA and EP/PAM.")
     b = report.baseline
     out.append(f"RA baseline: **{b.kind}** {b.description}".rstrip() + ".")
     if report.gate.passed is not None:

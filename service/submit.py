@@ -42,6 +42,7 @@ def check_data_refs(spec: AuditSpec, principal: str, store: JobStore,
     """Refuse references the caller may not read."""
     refs = [spec.data.clean, spec.data.test] + ([spec.data.attacker] if spec.data.attacker
                                                 else [])
+    refs += [ref for t in spec.triggers for ref in t.build().data_refs()]
     for text in refs:
         ref = parse_ref(text)
         if ref.kind == "synthetic":

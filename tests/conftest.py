@@ -70,6 +70,16 @@ def triggered(test_set, badnets):
 
 
 @pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory):
+    """The demo's backdoored small_cnn (BadNets, target 3, synthetic data), trained once."""
+    from ppr_engine.demo import make_demo_model
+
+    path = tmp_path_factory.mktemp("demo") / "backdoored.safetensors"
+    make_demo_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
     """An untrained small_cnn checkpoint (enough for validation and fast jobs)."""
     from ppr_engine.checkpoint import save_model

@@ -1,6 +1,7 @@
-"""Attacks (triggers) and poisoning: badnets, blended, sig, wanet, lc, ssba (imported)."""
+"""Attacks (triggers) and poisoning: badnets, blended, sig, wanet, lc, ssba (imported), and
+triggers given by example."""
 
-from . import lc, ssba, triggers, wanet  # noqa: F401  (registration)
+from . import examples, lc, ssba, triggers, wanet  # noqa: F401  (registration)
 from .base import (
     ATTACKS,
     PoisonedSet,

@@ -8,7 +8,9 @@ target-class images and keep their labels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -35,6 +37,19 @@ class Trigger:
         self.params = params
         self.target = params.target
 
+    def data_refs(self) -> list[str]:
+        """The data references the parameters name (the service checks each one)."""
+        return []
+
+    def bind(self, load: Callable[[str], ImageSet]) -> None:
+        """Load the data the parameters name through the audit's own loader, so that a
+        server's data roots and uploaded datasets apply to it as to the clean data."""
+
+    def provenance(self) -> dict[str, Any] | None:
+        """What the report records of the trigger's own data, as for data.clean (`ref`,
+        `n`, `sha256`, and more); None: it has none."""
+        return None
+
     def apply(self, x: torch.Tensor, index: torch.Tensor | None = None,
               split: str = "test") -> torch.Tensor:
         """Triggered copy of float images `x` in [0, 1]."""
@@ -52,6 +67,30 @@ class Trigger:
     def poison_images(self, ds: ImageSet, surrogate: nn.Module | None = None) -> torch.Tensor:
         """uint8 poisoned versions of `ds`'s images for the training set (LC adds PGD)."""
         return self.apply_set(ds)
+
+    def triggered_test(self, test: ImageSet) -> ImageSet:
+        """Non-target test images with the trigger, keeping their true labels; ASR is the
+        share of these predicted as the target (target-class images are excluded)."""
+        keep = torch.nonzero(test.y.cpu() != self.target).flatten()
+        sub = test.subset(keep)
+        return sub.with_images(self.apply_set(sub))
+
+    def draw_triggered(self, pool: ImageSet, order: torch.Tensor, n: int, *,
+                       clean_label_rule: bool = True) -> tuple[ImageSet, torch.Tensor]:
+        """`n` triggered images with their true labels for an attacker (RA, QRA), and their
+        positions in `pool`: the first eligible images of `pool` in `order` (non-target
+        ones; target-class ones for a clean-label attack under `clean_label_rule`)."""
+        y = pool.y.cpu()
+        want_target = self.clean_label and clean_label_rule
+        eligible = (y[order] == self.target) if want_target else (y[order] != self.target)
+        positions = order[eligible][:n]
+        chosen = pool.subset(positions)
+        return chosen.with_images(self.apply_set(chosen)), positions
+
+    def unlearning_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                         split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """EP's and PAM's oracle data: `x` (float, [0, 1]) with the trigger, true labels."""
+        return self.apply(x, index, split), y
 
     def extra_training_samples(self, ds: ImageSet, poison_idx: torch.Tensor, rate: float,
                                seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -113,10 +152,5 @@ def poison_training_set(ds: ImageSet, trigger: Trigger, rate: float, seed: int =
 
 
 def triggered_test(test: ImageSet, trigger: Trigger) -> ImageSet:
-    """Non-target test images with the trigger, keeping their true labels.
-
-    ASR is the share of these predicted as the target; target-class images are excluded.
-    """
-    keep = torch.nonzero(test.y.cpu() != trigger.target).flatten()
-    sub = test.subset(keep)
-    return sub.with_images(trigger.apply_set(sub))
+    """The images ASR is measured on (see `Trigger.triggered_test`)."""
+    return trigger.triggered_test(test)

@@ -33,6 +33,19 @@ class SSBA(Trigger):
         super().__init__(params)
         self._cache: dict[str, torch.Tensor] = {}
 
+    def _paths(self) -> dict[str, str]:
+        p: SSBAParams = self.params  # type: ignore[assignment]
+        return {split: path for split, path in (("train", p.train_images),
+                                                ("test", p.test_images)) if path}
+
+    def data_refs(self) -> list[str]:
+        return [f"npz:{path}" for path in self._paths().values()]
+
+    def bind(self, load):
+        """Read the arrays through the audit's loader (a server's data roots apply)."""
+        for split, path in self._paths().items():
+            self._cache[split] = load(f"npz:{path}").x
+
     def _images(self, split: str) -> torch.Tensor:
         if split not in self._cache:
             p: SSBAParams = self.params  # type: ignore[assignment]

@@ -1,7 +1,8 @@
 """Data references -> ImageSets, subsets, and the device loader.
 
 `load(ref)` is the one entry point: every kind of reference (ImageFolder dir/archive,
-CIFAR batches, .npz, synthetic, uploaded `dataset:<id>`) becomes an `ImageSet` of uint8
+CIFAR batches, .npz, synthetic, uploaded `dataset:<id>`, a BackdoorBench result's poisoned
+samples) becomes an `ImageSet` of uint8
 images. Query options `fraction`/`n` and `seed` take a stratified subset.
 """
 
@@ -47,6 +48,10 @@ def load(ref: str | DataRef, *, resolve_dataset: DatasetResolver | None = None,
         ds = load_imagefolder(path, str(split) if split else None, size, text)
     elif r.kind in ("cifar10", "cifar100"):
         ds = load_cifar(path, str(split or "train"), r.kind == "cifar100", text)
+    elif r.kind == "backdoorbench":
+        from .backdoorbench import load_part
+
+        ds = load_part(path, str(opts.get("part", "bd_test")), text)
     else:
         ds = load_npz(path, text)
     if "fraction" in opts or ("n" in opts):

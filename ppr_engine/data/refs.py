@@ -1,6 +1,8 @@
 """Data references: `KIND:LOCATION[?key=value&...]` strings, parsed and validated.
 
-Kinds: imagefolder, cifar10, cifar100, npz, synthetic, dataset (service uploads). Server
+Kinds: imagefolder, cifar10, cifar100, npz, synthetic, dataset (service uploads),
+backdoorbench (the poisoned samples of a BackdoorBench `attack_result.pt`, `?part=bd_test`
+or `bd_train`). Server
 deployments confine LOCATION to configured roots (`confine`).
 """
 
@@ -12,10 +14,21 @@ from urllib.parse import parse_qsl
 
 from ..errors import DatasetError
 
-KINDS = ("imagefolder", "cifar10", "cifar100", "npz", "synthetic", "dataset")
+KIND_SUMMARIES = {
+    "imagefolder": "a directory or .tar/.tar.gz/.zip laid out [split/]class/image (numbered "
+                   "class folders give their number as the label)",
+    "cifar10": "CIFAR-10 python batches (directory or tar.gz); ?split=train|test",
+    "cifar100": "CIFAR-100 python batches (fine labels); ?split=train|test",
+    "npz": ".npz with uint8 x (N x H x W x C) and integer y; pickles refused",
+    "synthetic": "generated images (tests and the demo); ?n=&seed=",
+    "dataset": "an uploaded dataset, dataset:<id> (service only)",
+    "backdoorbench": "the poisoned samples of a BackdoorBench attack_result.pt (its folder or "
+                     "the file), ?part=bd_test|bd_train; labels are the true classes",
+}
+KINDS = tuple(KIND_SUMMARIES)
 _OPTIONS = {
     "split": str, "fraction": float, "n": int, "seed": int, "size": int, "world": int,
-    "classes": int, "noise": float,
+    "classes": int, "noise": float, "part": str,
 }
 
 

@@ -55,7 +55,12 @@ def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int
         where = f" under split {split!r}" if split else ""
         raise DatasetError(f"{source}: no images found{where} (layout: [split/]class/image)")
     classes = sorted({c for c, _, _ in samples})
-    lookup = {c: i for i, c in enumerate(classes)}
+    if all(c.isascii() and c.isdigit() for c in classes):
+        # numbered folders name their class: a subset that lacks some classes (poisoned
+        # examples without the target class) keeps the right labels
+        lookup = {c: int(c) for c in classes}
+    else:
+        lookup = {c: i for i, c in enumerate(classes)}
     samples.sort(key=lambda s: s[1])
     arrays = [_decode(name, blob, size) for _, name, blob in samples]
     shapes = {a.shape for a in arrays}
@@ -64,7 +69,7 @@ def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int
                            "?size=N to resize")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor([lookup[c] for c, _, _ in samples], dtype=torch.long)
-    return ImageSet(x, y, len(classes), source=source, split=split or "train")
+    return ImageSet(x, y, max(lookup.values()) + 1, source=source, split=split or "train")
 
 
 def load_imagefolder(path: Path, split: str | None, size: int | None, source: str) -> ImageSet:

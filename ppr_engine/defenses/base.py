@@ -133,37 +133,42 @@ def reinit_head(model: nn.Module, seed: int) -> nn.Linear:
     return head
 
 
-Replacement = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, index) -> images
+Replacement = Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                       tuple[torch.Tensor, torch.Tensor]]  # (images, labels, index) -> same
 
 
 def replace_share(fn: Replacement, ratio: float) -> Batch:
-    """A batch transform replacing the first `ratio` of each (shuffled) batch by fn(x),
-    labels unchanged: the unlearning data of EP, BTI-DBF(U) and PAM."""
+    """A batch transform replacing the first `ratio` of each (shuffled) batch by fn(x, y,
+    index): the unlearning data of EP, BTI-DBF(U) and PAM."""
 
     def transform(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         k = int(round(ratio * len(x)))
         if k == 0:
             return x, y
-        x = x.clone()
+        x, y = x.clone(), y.clone()
         with torch.no_grad():
-            x[:k] = fn(x[:k], index[:k]).to(x.dtype)
+            new_x, new_y = fn(x[:k], y[:k], index[:k])
+            x[:k], y[:k] = new_x.to(x.dtype), new_y.to(y.dtype)
         return x, y
 
     return transform
 
 
 def triggers_fn(triggers: list[Trigger], split: str = "train") -> Replacement:
-    """Apply the known triggers to consecutive slices of a batch (EP's oracle data); images
-    keep their source index, so sample-specific triggers find their poisoned version in the
-    attack's `split` (the defender's images come from the training split)."""
+    """The known triggers on consecutive slices of a batch, true labels (EP's oracle data);
+    images keep their source index, so sample-specific triggers find their poisoned version
+    in the attack's `split` (the defender's images come from the training split), and a
+    trigger given by example puts its own images (and their labels) in its slice."""
 
-    def fn(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def fn(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
         parts = torch.tensor_split(torch.arange(len(x), device=x.device), len(triggers))
-        out = x.clone()
+        out_x, out_y = x.clone(), y.clone()
         for trig, idx in zip(triggers, parts, strict=True):
             if len(idx):
-                out[idx] = trig.apply(x[idx], index[idx], split)
-        return out
+                out_x[idx], out_y[idx] = trig.unlearning_batch(x[idx], y[idx], index[idx],
+                                                               split)
+        return out_x, out_y
 
     return fn

@@ -343,9 +343,10 @@ class Inverter:
         """The unlearning batch transform: `ratio` of each batch replaced by G(x)."""
         gen = self.gen
 
-        def fn(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        def fn(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
-                return gen(x)
+                return gen(x), y
 
         return replace_share(fn, ratio)
 

@@ -54,7 +54,9 @@ class PreActBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """CIFAR ResNet-18; `preact=True` gives BackdoorBench's PreAct-ResNet-18."""
+    """CIFAR ResNet-18; `preact=True` gives BackdoorBench's PreAct-ResNet-18 (its
+    `models/preact_resnet.py`: no BN or ReLU after the last block, 16 BN layers and 3,392
+    BN channels in all, so BackdoorBench's state dicts load key for key)."""
 
     def __init__(self, num_classes: int = 10, preact: bool = False) -> None:
         super().__init__()
@@ -70,8 +72,6 @@ class ResNet18(nn.Module):
                 layers.append(block(cin, cout, s))
                 cin = cout
             setattr(self, f"layer{i}", nn.Sequential(*layers))
-        if preact:
-            self.bn = nn.BatchNorm2d(512)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
 
@@ -80,8 +80,6 @@ class ResNet18(nn.Module):
         if not self.preact:
             out = F.relu(self.bn1(out))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        if self.preact:
-            out = F.relu(self.bn(out))
         return self.linear(self.avgpool(out).flatten(1))
 
 

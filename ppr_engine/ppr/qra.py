@@ -65,8 +65,8 @@ def qra_training_set(pool: ImageSet, trigger: Trigger, spec: QRASpec, seed: int)
                                                       spec.clean_num + spec.poison_num]
     if len(nt) == 0:
         nt = order[pool.y.cpu()[order] != trigger.target][:spec.poison_num]
-    poisoned = pool.subset(nt)
-    return ImageSet.concat(clean, poisoned.with_images(trigger.apply_set(poisoned)))
+    poisoned, _ = trigger.draw_triggered(pool, nt, spec.poison_num, clean_label_rule=False)
+    return ImageSet.concat(clean, poisoned)
 
 
 def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, data: ImageSet,

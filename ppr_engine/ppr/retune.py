@@ -30,22 +30,21 @@ class RetuneSet:
 
     data: ImageSet
     poisoned: torch.Tensor  # bool mask
-    source_index: torch.Tensor  # positions in the pool they were drawn from
+    source_index: torch.Tensor  # positions in the pool they were drawn from (-1: an example)
 
 
 def build_retune_set(pool: ImageSet, trigger: Trigger, poison_num: int, clean_num: int,
                      seed: int) -> RetuneSet:
     """Draw `clean_num` clean and `poison_num` poisoned samples from `pool`: non-target
-    images relabelled to the target, or target-class images for clean-label attacks."""
+    images relabelled to the target, or target-class images for clean-label attacks (a
+    trigger given by example draws its poisoned samples from its own images)."""
     g = torch.Generator().manual_seed(seed)
-    y = pool.y.cpu()
     order = torch.randperm(len(pool), generator=g)
-    eligible = (y[order] == trigger.target) if trigger.clean_label else (y[order] != trigger.target)
-    poison_pos = order[eligible][:poison_num]
+    poisoned, poison_pos = trigger.draw_triggered(pool, order, poison_num)
     used = torch.zeros(len(pool), dtype=torch.bool)
     used[poison_pos] = True
     clean_pos = order[~used[order]][:clean_num]
-    if len(poison_pos) < poison_num or len(clean_pos) < clean_num:
+    if len(poisoned) < poison_num or len(clean_pos) < clean_num:
         from ..errors import SpecError
 
         kind = "target-class" if trigger.clean_label else "non-target"
@@ -53,12 +52,12 @@ def build_retune_set(pool: ImageSet, trigger: Trigger, poison_num: int, clean_nu
                         f"{poison_num} poisoned ({kind}) + {clean_num} clean")
     clean = pool.subset(clean_pos)
     clean_x = random_crop_flip(clean.x, torch.Generator().manual_seed(seed + 1))
-    poisoned = pool.subset(poison_pos)
-    poisoned_x = trigger.apply_set(poisoned)
     target = torch.full_like(poisoned.y, trigger.target)
-    data = ImageSet.concat(clean.with_images(clean_x), poisoned.with_images(poisoned_x, target))
+    data = ImageSet.concat(clean.with_images(clean_x), poisoned.with_images(poisoned.x, target))
     mask = torch.cat([torch.zeros(len(clean_pos), dtype=torch.bool),
-                      torch.ones(len(poison_pos), dtype=torch.bool)])
+                      torch.ones(len(poisoned), dtype=torch.bool)])
+    if len(poison_pos) != len(poisoned):  # a trigger given by example: not from the pool
+        poison_pos = torch.full((len(poisoned),), -1, dtype=torch.long)
     return RetuneSet(data, mask, torch.cat([clean_pos, poison_pos]))
 
 

@@ -55,6 +55,15 @@ def test_imagefolder_from_directory_and_archives(tmp_path):
         assert other.content_hash() == ds.content_hash()
 
 
+def test_numbered_class_folders_keep_their_number_as_the_label(tmp_path):
+    """Poisoned examples lack the target class: folders 1 and 4 stay classes 1 and 4."""
+    _tar(tmp_path / "ex.tar.gz", [("4/a.png", _png((0, 0, 255)), "file"),
+                                  ("1/b.png", _png((255, 0, 0)), "file")])
+    ds = data.load(f"imagefolder:{tmp_path / 'ex.tar.gz'}")
+    assert sorted(ds.y.tolist()) == [1, 4] and ds.num_classes == 5
+    assert int(ds.x[ds.y == 1][:, 0].float().mean()) == 255
+
+
 def test_archive_with_parent_path_is_refused(tmp_path):
     _tar(tmp_path / "evil.tar.gz", [("train/cat/0.png", _png((0, 0, 0)), "file"),
                                    ("../../escape.png", _png((0, 0, 0)), "file")])

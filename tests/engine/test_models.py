@@ -33,3 +33,12 @@ def test_unknown_architecture_names_the_known_ones():
 
     with pytest.raises(SpecError, match="known: .*small_cnn"):
         models.create("resnet9000")
+
+
+def test_preact_resnet18_has_backdoorbench_layout():
+    """BackdoorBench's PreAct-ResNet-18: 16 BN layers and 3,392 BN channels (ANP's
+    neurons), no BN after the last block, so its state dicts load key for key."""
+    model = models.create("preact_resnet18")
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 16 and sum(b.num_features for b in bns) == 3392
+    assert not any(k.startswith("bn.") for k in model.state_dict())

@@ -124,6 +124,15 @@ BAD = {
         "clean": "imagefolder:/etc", "test": "synthetic:"}}), "server paths are disabled"),
     "foreign dataset": (lambda s: json.dumps({**s, "data": {
         "clean": "dataset:1234", "test": "synthetic:"}}), "no such dataset"),
+    # a trigger's own data is checked as the clean data is
+    "examples on a server path": (lambda s: json.dumps({**s, "triggers": [{
+        "attack": "examples", "target": 3, "data": "backdoorbench:/srv/record/x"}]}),
+        "backdoorbench:/srv/record/x: server paths are disabled"),
+    "examples from a foreign dataset": (lambda s: json.dumps({**s, "triggers": [{
+        "attack": "examples", "target": 3, "data": "dataset:77", "train_data":
+        "dataset:78"}]}), "dataset:77: no such dataset"),
+    "ssba arrays on a server path": (lambda s: json.dumps({**s, "triggers": [{
+        "attack": "ssba", "test_images": "/etc/x.npz"}]}), "npz:/etc/x.npz: server paths"),
 }
 
 
@@ -294,6 +303,9 @@ def test_methods_come_from_the_registries(client):
         names)
     pam = next(m for m in body["methods"] if m["name"] == "pam")
     assert pam["params"]["rho"]["default"] == 0.5
+    examples = next(a for a in body["attacks"] if a["name"] == "examples")
+    assert {"data", "train_data", "holdout"} <= set(examples["params"])
+    assert "backdoorbench" in [k["name"] for k in body["data_kinds"]]
 
 
 def test_a_repeated_idempotency_key_returns_the_first_job(client, settings, small_checkpoint):
