@@ -142,7 +142,8 @@ def write_reports(report, out: Path) -> dict[str, str]:
 @app.command()
 @guarded
 def methods(as_json: JsonOpt = False) -> None:
-    """List architectures, attacks and purification methods with their parameters."""
+    """List architectures, attacks, purification methods (with their parameters) and data
+    reference kinds."""
     from .catalog import catalog
 
     cat = catalog()

@@ -21,8 +21,10 @@ def test_help_and_methods():
     out = ppr("--help")
     assert out.returncode == 0 and "make-backdoor" in out.stdout and "gate" in out.stdout
     cat = json.loads(ppr("methods", "--json").stdout)
-    assert {"architectures", "attacks", "methods"} == set(cat)
+    assert {"architectures", "attacks", "methods", "data_kinds"} == set(cat)
     assert "pam" in [m["name"] for m in cat["methods"]]
+    assert "examples" in [a["name"] for a in cat["attacks"]]
+    assert "backdoorbench" in [k["name"] for k in cat["data_kinds"]]
 
 
 def test_gate_starts_without_torch():

@@ -259,6 +259,39 @@ def test_dataset_upload_validation_and_use(client, app, settings, small_checkpoi
     assert report["provenance"]["data"]["clean"]["n"] == 20
 
 
+def test_a_trigger_given_by_example_through_an_uploaded_dataset(client, app,
+                                                               small_checkpoint):
+    """Poisoned images (true classes as numbered folders, no target-class folder) uploaded
+    with POST /v1/datasets, then named as the trigger's data in an audit spec."""
+    from PIL import Image
+
+    from ppr_engine import attacks, data
+
+    src = data.load("synthetic:?n=200&seed=5")
+    poisoned = attacks.build_trigger("badnets", {"target": 3}).apply_set(src)
+    members = {}
+    for i, (img, label) in enumerate(zip(poisoned.permute(0, 2, 3, 1).numpy(),
+                                         src.y.tolist(), strict=True)):
+        if label != 3:
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            members[f"{label}/{i}.png"] = buf.getvalue()
+    r = client.post("/v1/datasets", files={"archive": ("ex.tar.gz", _archive(members))})
+    assert r.status_code == 201, r.text
+    spec = quick_spec()
+    spec["triggers"] = [{"attack": "examples", "target": 3, "data": r.json()["ref"],
+                         "holdout": 0.5}]
+    job_id = submit(client, small_checkpoint, spec).json()["id"]
+    assert run(app, job_id).status == "succeeded"
+    report = client.get(f"/v1/jobs/{job_id}/report").json()
+    assert "examples->3" in report["model"]["asr"]
+    given = report["provenance"]["data"]["trigger examples->3"]
+    assert given["n"] == len(members) and given["measured"] + given["attacking"] == len(members)
+    assert all(s["status"] == "ok" for s in report["methods"][0]["stages"]), report["methods"]
+    md = client.get(f"/v1/jobs/{job_id}/report?format=md").text
+    assert "given by example" in md
+
+
 def test_auth_and_isolation(tmp_path, small_checkpoint):
     from fastapi.testclient import TestClient
 
