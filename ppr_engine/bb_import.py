@@ -116,6 +116,11 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
         raise InputError(f"BackdoorBench model {result.model_name!r} has no registered "
                          f"architecture with the same layout; pass --arch (one of "
                          f"{', '.join(models.list_models())})")
+    size = models.architecture(name).input_size
+    if result.img_size and result.img_size[0] != size:
+        raise InputError(f"{result.path.name} was trained on {result.img_size[0]}-pixel "
+                         f"images, but architecture {name} takes {size}; pass --arch with a "
+                         f"registered architecture of that input size")
     model = models.create(name, result.num_classes)
     check_state_dict(model, result.state_dict, f"{result.path.name} (model)")
     model.load_state_dict(result.state_dict, strict=True)

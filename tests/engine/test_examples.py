@@ -135,6 +135,11 @@ def test_a_backdoorbench_result_is_imported_and_audited(demo_checkpoint, tmp_pat
     res = CliRunner().invoke(app, ["import-backdoorbench", str(record), "--out", str(out),
                                    "--clean", DEMO_CLEAN, "--test", DEMO_TEST, "--json"])
     assert res.exit_code == 0, res.output
+    # BackdoorBench trains torchvision's resnet18 on 32-pixel CIFAR; ours takes 224 pixels
+    wrong = CliRunner().invoke(app, ["import-backdoorbench", str(record), "--out",
+                                     str(tmp_path / "no"), "--arch", "resnet18"])
+    assert wrong.exit_code == 2 and "trained on 32-pixel images" in wrong.output
+    assert not (tmp_path / "no").exists()
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "audit.yaml", "import.json",
                                                "bd_test.tar.gz", "bd_train.tar.gz"}
     weights, ours = read_state_dict(out / "model.safetensors"), read_state_dict(demo_checkpoint)
