@@ -11,17 +11,15 @@ From the result's `attack_result.pt` (read safely, `data.backdoorbench`) this wr
   this project does not implement;
 - `import.json`: what was imported (source hash, model, target, poisoned training indices).
 
-Every file is written to a temporary name and renamed, so a failed import leaves nothing
-half-written.
+The spec is validated before anything is written, and every file is written to a
+temporary name and renamed, so a failed import leaves nothing half-written.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from .checkpoint import check_state_dict, save_model, sha256_file
 from .data.backdoorbench import PoisonedSamples, read_result
 from .errors import InputError
 from .spec import validate_spec
+from .util import atomic_write_bytes, atomic_write_text
 
 # BackdoorBench model names (`utils/aggregate_block/model_trainer_generate.py`) whose
 # layout a registered architecture reproduces key for key
@@ -55,35 +54,22 @@ class Imported:
     train_examples: int
 
 
-def _atomic(path: Path, write) -> None:
-    """Write `path` through a temporary file in the same folder, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_examples(samples: PoisonedSamples, path: Path) -> None:
+def examples_archive(samples: PoisonedSamples) -> bytes:
     """The samples as an ImageFolder .tar.gz: `<true class>/<index>.png`."""
     from PIL import Image
 
-    def write(fh) -> None:
-        with tarfile.open(fileobj=fh, mode="w:gz") as tar:
-            for img, label, index in zip(samples.x.permute(0, 2, 3, 1).numpy(),
-                                         samples.label.tolist(), samples.index.tolist(),
-                                         strict=True):
-                buf = io.BytesIO()
-                Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG")
-                info = tarfile.TarInfo(f"{label}/{index:06d}.png")
-                info.size, info.mtime = buf.tell(), int(time.time())
-                buf.seek(0)
-                tar.addfile(info, buf)
-
-    _atomic(path, write)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for img, label, index in zip(samples.x.permute(0, 2, 3, 1).numpy(),
+                                     samples.label.tolist(), samples.index.tolist(),
+                                     strict=True):
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{label}/{index:06d}.png")
+            info.size, info.mtime = buf.tell(), int(time.time())
+            buf.seek(0)
+            tar.addfile(info, buf)
+    return out.getvalue()
 
 
 def default_data(result_path: Path, clean_data: str, data_path: str) -> tuple[str, str]:
@@ -129,23 +115,26 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
         derived = default_data(result.path, result.clean_data, result.data_path)
         clean, test = clean or derived[0], test or derived[1]
     out = Path(out)
+    parts = {"data": ("bd_test.tar.gz", result.bd_test)}
+    if result.bd_train is not None:
+        parts["train_data"] = ("bd_train.tar.gz", result.bd_train)
+    trigger = {"attack": "examples", "target": target, **{
+        key: f"imagefolder:{(out / name).resolve()}" for key, (name, _) in parts.items()}}
+    # validated before anything is written: a refused spec leaves no files behind
+    spec = validate_spec({"model": {"arch": name, "num_classes": result.num_classes},
+                          "data": {"clean": clean, "test": test}, "triggers": [trigger],
+                          "plan": {"methods": [{"name": m} for m in methods]}})
     out.mkdir(parents=True, exist_ok=True)
     source_sha = sha256_file(result.path)
     ckpt = out / "model.safetensors"
     save_model(model, ckpt, source="backdoorbench", attack_result_sha256=source_sha,
                target=str(target))
-    trigger: dict = {"attack": "examples", "target": target}
-    write_examples(result.bd_test, out / "bd_test.tar.gz")
-    trigger["data"] = f"imagefolder:{(out / 'bd_test.tar.gz').resolve()}"
-    if result.bd_train is not None:
-        write_examples(result.bd_train, out / "bd_train.tar.gz")
-        trigger["train_data"] = f"imagefolder:{(out / 'bd_train.tar.gz').resolve()}"
-    spec = validate_spec({"model": {"arch": name, "num_classes": result.num_classes},
-                          "data": {"clean": clean, "test": test}, "triggers": [trigger],
-                          "plan": {"methods": [{"name": m} for m in methods]}})
+    for file_name, samples in parts.values():
+        atomic_write_bytes(out / file_name, examples_archive(samples))
     spec_path = out / "audit.yaml"
-    text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    _atomic(spec_path, lambda fh: fh.write(text.encode()))
+    atomic_write_text(spec_path, yaml.safe_dump(spec.model_dump(mode="json",
+                                                                exclude_none=True),
+                                                sort_keys=False))
     manifest = {
         "source": str(result.path), "source_sha256": source_sha,
         "model_name": result.model_name, "arch": name, "num_classes": result.num_classes,
@@ -156,6 +145,6 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
                                    if result.bd_train is not None else []),
     }
     manifest_path = out / "import.json"
-    _atomic(manifest_path, lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return Imported(ckpt, spec_path, manifest_path, name, target, manifest["bd_test"],
                     manifest["bd_train"])

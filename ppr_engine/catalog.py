@@ -10,6 +10,7 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
     images), purification methods with parameters and defaults, and the data reference
     kinds (`backdoorbench` reads a BackdoorBench result's poisoned samples)."""
     from .attacks import ATTACKS
+    from .data.refs import KIND_SUMMARIES
     from .defenses import DEFENSES
     from .models import ARCHITECTURES
 
@@ -19,8 +20,6 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
         archs.append({"name": e.name, "summary": e.summary, "input_size": a.input_size,
                       "mean": list(a.mean), "std": list(a.std), "head": a.head,
                       "stages": list(a.stages), "params": {}})
-    from .data.refs import KIND_SUMMARIES
-
     return {"architectures": archs,
             "attacks": [e.describe() for e in ATTACKS],
             "methods": [e.describe() for e in DEFENSES],

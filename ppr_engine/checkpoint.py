@@ -92,20 +92,29 @@ def read_state_dict(path: Path, max_bytes: int = DEFAULT_MAX_BYTES,
             return _unwrap(load_file(str(path)), shown)
         except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{shown}: not a valid safetensors file: {exc}") from None
+    obj = weights_only_load(path, shown, _NUMPY_ALLOW, CheckpointError,
+                            "tensors (checkpoints load weights-only)",
+                            "a readable checkpoint (expected safetensors, or a PyTorch "
+                            ".pt/.pth/.bin file)")
+    return _unwrap(obj, shown)
+
+
+def weights_only_load(path: Path, shown: str, allowed: list, error: type[Exception],
+                      allowed_what: str, readable_what: str) -> Any:
+    """`torch.load(weights_only=True)` with the globals `allowed`, nothing else: a pickled
+    callable is refused before it runs. Failures become one `error` naming `shown`."""
     try:
-        with torch.serialization.safe_globals(_NUMPY_ALLOW):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or
                  "Unsupported" in ln]
         what = f": {lines[0][:200]}" if lines else ""
-        raise CheckpointError(f"{shown}: refused, it holds pickled objects other than "
-                              f"tensors (checkpoints load weights-only){what}") from None
+        raise error(f"{shown}: refused, it holds pickled objects other than "
+                    f"{allowed_what}{what}") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError,
             KeyError, IndexError) as exc:
-        raise CheckpointError(f"{shown}: not a readable checkpoint (expected safetensors, or a "
-                              f"PyTorch .pt/.pth/.bin file): {str(exc)[:300]}") from None
-    return _unwrap(obj, shown)
+        raise error(f"{shown}: not {readable_what}: {str(exc)[:300]}") from None
 
 
 def _fmt(keys: list[str], limit: int = 8) -> str:

@@ -71,9 +71,12 @@ class Trigger:
     def triggered_test(self, test: ImageSet) -> ImageSet:
         """Non-target test images with the trigger, keeping their true labels; ASR is the
         share of these predicted as the target (target-class images are excluded)."""
-        keep = torch.nonzero(test.y.cpu() != self.target).flatten()
-        sub = test.subset(keep)
+        sub = self.non_target(test)
         return sub.with_images(self.apply_set(sub))
+
+    def non_target(self, ds: ImageSet) -> ImageSet:
+        """The images of `ds` whose true class is not the target (the ones ASR counts)."""
+        return ds.subset(torch.nonzero(ds.y.cpu() != self.target).flatten())
 
     def draw_triggered(self, pool: ImageSet, order: torch.Tensor, n: int, *,
                        clean_label_rule: bool = True) -> tuple[ImageSet, torch.Tensor]:

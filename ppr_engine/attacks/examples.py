@@ -124,8 +124,7 @@ class Examples(Trigger):
 
     def triggered_test(self, test: ImageSet) -> ImageSet:
         measured, _ = self._bound()
-        keep = torch.nonzero(measured.y.cpu() != self.target).flatten()
-        return measured.subset(keep).to(test.x.device)
+        return self.non_target(measured).to(test.x.device)
 
     def draw_triggered(self, pool: ImageSet, order: torch.Tensor, n: int, *,
                        clean_label_rule: bool = True) -> tuple[ImageSet, torch.Tensor]:

@@ -16,7 +16,6 @@ files are read only from inside the result's folder, never through a symbolic li
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,20 +117,13 @@ def result_path(location: Path) -> Path:
 
 
 def _load(path: Path, max_bytes: int) -> dict:
+    from ..checkpoint import weights_only_load
+
     size = path.stat().st_size
     if size > max_bytes:
         raise DatasetError(f"{path.name} is {size} bytes, over the limit of {max_bytes}")
-    try:
-        with torch.serialization.safe_globals(_allowed_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
-        what = f": {lines[0][:200]}" if lines else ""
-        raise DatasetError(f"{path.name}: refused, it holds pickled objects other than "
-                           f"tensors, arrays and images{what}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError,
-            KeyError, IndexError) as exc:
-        raise DatasetError(f"{path.name}: not a readable torch file: {str(exc)[:300]}") from None
+    obj = weights_only_load(path, path.name, _allowed_globals(), DatasetError,
+                            "tensors, arrays and images", "a readable torch file")
     if not isinstance(obj, dict):
         raise DatasetError(f"{path.name}: expected a mapping, found {type(obj).__name__}")
     return obj

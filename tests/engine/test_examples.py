@@ -140,6 +140,11 @@ def test_a_backdoorbench_result_is_imported_and_audited(demo_checkpoint, tmp_pat
                                      str(tmp_path / "no"), "--arch", "resnet18"])
     assert wrong.exit_code == 2 and "trained on 32-pixel images" in wrong.output
     assert not (tmp_path / "no").exists()
+    refused = CliRunner().invoke(app, ["import-backdoorbench", str(record), "--out",
+                                       str(tmp_path / "no"), "--clean", DEMO_CLEAN, "--test",
+                                       DEMO_TEST, "--methods", "ft,magic"])
+    assert refused.exit_code == 2 and "unknown purification method 'magic'" in refused.output
+    assert not (tmp_path / "no").exists()  # the spec is checked before anything is written
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "audit.yaml", "import.json",
                                                "bd_test.tar.gz", "bd_train.tar.gz"}
     weights, ours = read_state_dict(out / "model.safetensors"), read_state_dict(demo_checkpoint)
