@@ -33,18 +33,28 @@ TARGETS = (0, 3, 7)
 SEEDS = (0, 1, 2)
 
 
-def run_one(attack: str, target: int, seed: int, device: torch.device) -> dict:
-    """Train one backdoored model and invert it."""
-    extra, noise, epochs = ATTACKS[attack]
+def backdoored_model(attack: str, target: int, seed: int, device: torch.device):
+    """(model, its ASR, the defender's clean set): small_cnn trained with 10% poisoning
+    ("clean": no poisoning, ASR None)."""
+    extra, noise, epochs = ATTACKS.get(attack, ({}, 0.6, 8))
     tr = data.make_synthetic(4000, seed=0, noise=noise)
     te = data.make_synthetic(1000, seed=1, noise=noise)
     clean = data.make_synthetic(1000, seed=2, noise=noise)
-    trig = attacks.build_trigger(attack, {"target": target, **extra})
-    poisoned = attacks.poison_training_set(tr, trig, 0.1, seed=seed)
+    trig = None
+    if attack != "clean":
+        trig = attacks.build_trigger(attack, {"target": target, **extra})
+        tr = attacks.poison_training_set(tr, trig, 0.1, seed=seed).data
     torch.manual_seed(seed)
-    model = train.fit(models.create("small_cnn", 10), poisoned.data, epochs=epochs, lr=0.05,
+    model = train.fit(models.create("small_cnn", 10), tr, epochs=epochs, lr=0.05,
                       augment=False, device=device, seed=seed)
-    asr = metrics.attack_success_rate(model, attacks.triggered_test(te, trig), target)
+    asr = (metrics.attack_success_rate(model, attacks.triggered_test(te, trig), target)
+           if trig else None)
+    return model, asr, clean
+
+
+def run_one(attack: str, target: int, seed: int, device: torch.device) -> dict:
+    """Train one backdoored model and invert it."""
+    model, asr, clean = backdoored_model(attack, target, seed, device)
     train_part, val = data.train_val(clean, 0.1, seed=seed)
     start = time.perf_counter()
     det = invert(model, DefenseContext(train_part, val, device, seed=seed),

@@ -148,10 +148,9 @@ def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, 
             raise SpecError(f"trigger target {t.target} is not a class of a "
                             f"{spec.model.num_classes}-class model")
         t.bind(lambda ref, i=i: load(ref, f"triggers.{i}"))
-    triggered = [triggered_test(test, t) for t in triggers]
     d = _Data(clean.to(device), clean_train.to(device), val.to(device), test.to(device),
-              pool.to(device), triggers, [t.label for t in spec.triggers],
-              [tt.to(device) for tt in triggered], spec.plan.retune.seed)
+              pool.to(device), triggers, [t.label for t in spec.triggers], [],
+              spec.plan.retune.seed)
     prov = {
         "clean": {"ref": spec.data.clean, "n": len(clean), "sha256": clean.content_hash(),
                   "train": len(clean_train), "val": len(val)},
@@ -159,10 +158,35 @@ def _load_data(spec: AuditSpec, resolve_dataset, roots, device) -> tuple[_Data, 
         "attacker": {**attacker_prov, "n": len(pool), "sha256": pool.content_hash(),
                      "shared_with_clean": len(pool.shared_with(clean))},
     }
-    for lbl, t in zip(d.labels, triggers, strict=True):
-        if (own := t.provenance()) is not None:
-            prov[f"trigger {lbl}"] = own
     return d, prov
+
+
+def _learn_triggers(d: _Data, bd: nn.Module, ctx: DefenseContext, report: AuditReport,
+                    tracker: Tracker) -> None:
+    """Learn the triggers found in the model itself (inversion), build every trigger's test
+    set, and record each trigger's provenance. A trigger whose inversion fails is dropped
+    (its stage says why); one that finds no backdoor stays until the model is evaluated."""
+    keep = []
+    for i, (lbl, t) in enumerate(zip(d.labels, d.triggers, strict=True)):
+        if t.learns_from_model:
+            ctx.progress = tracker.sub(f"invert:{lbl}")
+            with _stage(report.stages, f"invert[{lbl}]") as st:
+                t.learn(bd, ctx)
+            if st.status == "failed":
+                continue
+        keep.append(i)
+    _select(d, keep)
+    d.triggered = [triggered_test(d.test, t) for t in d.triggers]
+    for lbl, t in zip(d.labels, d.triggers, strict=True):
+        if (own := t.provenance()) is not None:
+            report.provenance.data[f"trigger {lbl}"] = own
+
+
+def _select(d: _Data, keep: list[int]) -> None:
+    """Keep triggers `keep` (positions) of `d`, with their labels and test sets."""
+    d.triggers[:] = [d.triggers[i] for i in keep]
+    d.labels = [d.labels[i] for i in keep]
+    d.triggered = [d.triggered[i] for i in keep] if d.triggered else []
 
 
 def attacker_images(spec: AuditSpec) -> int:
@@ -257,17 +281,35 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
 
     plan = spec.plan
     n_methods = max(1, len(plan.methods))
-    # evaluate + per method (purify, RA, QRA, LMC) + baseline + report
-    units = 1 + n_methods * (1 + plan.retune.enabled + plan.qra.enabled + plan.lmc.enabled) + 2
+    # inversions + evaluate + per method (purify, RA, QRA, LMC) + baseline + report
+    units = (sum(t.learns_from_model for t in d.triggers) + 1
+             + n_methods * (1 + plan.retune.enabled + plan.qra.enabled + plan.lmc.enabled) + 2)
     tracker = Tracker(progress, units)
 
+    ctx = DefenseContext(d.clean_train, d.val, device, spec.seed, triggers=d.triggers)
+    _learn_triggers(d, bd, ctx, report, tracker)
     with _stage(report.stages, "evaluate submitted model"):
         report.model = ModelResult(c_acc=clean_accuracy(bd, d.test), asr={
             lbl: attack_success_rate(bd, tt, t.target)
             for lbl, tt, t in zip(d.labels, d.triggered, d.triggers, strict=True)})
     tracker.finish("evaluate")
+    for lbl, t in zip(d.labels, d.triggers, strict=True):
+        if (inv := getattr(t, "result", None)) is not None:
+            report.inversions.append(inv.model_copy(update={
+                "trigger": lbl, "asr": report.model.asr.get(lbl)}))
+            if not inv.found:  # what the generator reaches is no backdoor's ASR
+                report.model.asr.pop(lbl, None)
+    if report.inversions:
+        report.model.backdoors_found = sum(inv.found for inv in report.inversions)
+    # a trigger inverted from the model that found no backdoor gets no verdict
+    _select(d, [i for i, t in enumerate(d.triggers) if t.found])
+    nothing_found = bool(spec.triggers) and not d.triggers
+    if nothing_found:
+        for st in ("purify", "baseline", "retune", "qra", "lmc"):
+            report.stages.append(StageStatus(name=st, status="skipped",
+                                             error="no backdoor found by inversion"))
+        return _finish(report, spec, t0, tracker)
 
-    ctx = DefenseContext(d.clean_train, d.val, device, spec.seed, triggers=d.triggers)
     purified: dict[str, nn.Module] = {}
     results: dict[str, MethodResult] = {}
     method_specs: list[MethodSpec] = plan.methods or []
@@ -371,12 +413,18 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         res.seconds = round(sum(st.seconds for st in res.stages), 3)
     report.methods = list(results.values())
     report.verdict_rule = VERDICT_RULE
+    return _finish(report, spec, t0, tracker, purified)
+
+
+def _finish(report: AuditReport, spec: AuditSpec, t0: float, tracker: Tracker,
+            purified: dict[str, nn.Module] | None = None) -> AuditOutcome:
+    """Headline, gate and timing: the last stage of every audit."""
     report.headline = headline(report)
     report.gate = evaluate(spec.gate, report)
     report.seconds = round(time.perf_counter() - t0, 3)
     report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     tracker.finish("report")
-    return AuditOutcome(report, purified)
+    return AuditOutcome(report, purified or {})
 
 
 def _baseline(spec: AuditSpec, bd: nn.Module, purified: dict[str, nn.Module],

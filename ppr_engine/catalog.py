@@ -6,9 +6,10 @@ from typing import Any
 
 
 def catalog() -> dict[str, list[dict[str, Any]]]:
-    """Architectures, attacks (parametric, and `examples`: a trigger given by poisoned
-    images), purification methods with parameters and defaults, and the data reference
-    kinds (`backdoorbench` reads a BackdoorBench result's poisoned samples)."""
+    """Architectures, attacks (parametric; `examples`: a trigger given by poisoned images;
+    `inverted`: a trigger inverted from the model under audit), purification methods with
+    parameters and defaults, and the data reference kinds (`backdoorbench` reads a
+    BackdoorBench result's poisoned samples)."""
     from .attacks import ATTACKS
     from .data.refs import KIND_SUMMARIES
     from .defenses import DEFENSES

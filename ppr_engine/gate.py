@@ -6,6 +6,9 @@ Grammar (one clause per string; a gate passes when every clause passes):
     subject := METHOD_KEY | "all" | "any" | "model" | "baseline"
     op      := "<=" | "<" | ">=" | ">" | "==" | "!="
 
+Model field `backdoors_found`: how many `inverted` triggers found a backdoor (an audit
+without a known trigger gates a release with `model.backdoors_found == 0`; when none is
+found no defense runs, and clauses on methods fail with "no methods in the report").
 Method fields: o_cacc, o_asr, der, p_cacc, p_asr, baseline_p_asr, gap, max_gap, qra_asr,
 qra_clean_to_target, lmc_lambda50. Model fields: c_acc, asr. Baseline fields: c_acc, asr,
 p_asr. `asr`-like fields take the worst case (maximum) over triggers. `all.F` needs F to
@@ -25,7 +28,7 @@ from .report import AuditReport, GateClause, GateVerdict, MethodResult
 
 METHOD_FIELDS = ("o_cacc", "o_asr", "der", "p_cacc", "p_asr", "baseline_p_asr", "gap",
                  "max_gap", "qra_asr", "qra_clean_to_target", "lmc_lambda50")
-MODEL_FIELDS = ("c_acc", "asr")
+MODEL_FIELDS = ("c_acc", "asr", "backdoors_found")
 BASELINE_FIELDS = ("c_acc", "asr", "p_asr")
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
        "==": operator.eq, "!=": operator.ne}
@@ -81,8 +84,11 @@ def _measure(clause: Clause, report: AuditReport) -> GateClause:
         return v is not None and op(v, clause.threshold)
 
     if clause.subject == "model":
-        v = report.model.c_acc if clause.field == "c_acc" else max(
-            report.model.asr.values(), default=None)
+        v = (report.model.c_acc if clause.field == "c_acc" else
+             report.model.backdoors_found if clause.field == "backdoors_found" else
+             max(report.model.asr.values(), default=None))
+        if v is not None:
+            v = float(v)
         return GateClause(expr=clause.text, passed=check(v), value=v,
                           detail="" if v is not None else "not computed")
     if clause.subject == "baseline":
@@ -94,7 +100,7 @@ def _measure(clause: Clause, report: AuditReport) -> GateClause:
     if clause.subject in ("all", "any"):
         if not report.methods:
             return GateClause(expr=clause.text, passed=False, value=None,
-                              detail="no methods in the report")
+                              detail=_no_methods(report))
         values = [_method_value(m, clause.field) for m in report.methods]
         results = [check(v) for v in values]
         passed = all(results) if clause.subject == "all" else any(results)
@@ -102,6 +108,9 @@ def _measure(clause: Clause, report: AuditReport) -> GateClause:
         detail = f"failing: {', '.join(failing)}" if failing and not passed else ""
         return GateClause(expr=clause.text, passed=passed, value=values, detail=detail)
     m = report.method(clause.subject)
+    if m is None and not report.methods:  # e.g. no backdoor found by inversion
+        return GateClause(expr=clause.text, passed=False, value=None,
+                          detail=_no_methods(report))
     if m is None:
         known = ", ".join(x.key for x in report.methods) or "none"
         raise GateError(f"gate clause {clause.text!r}: method {clause.subject!r} is not in "
@@ -109,6 +118,12 @@ def _measure(clause: Clause, report: AuditReport) -> GateClause:
     v = _method_value(m, clause.field)
     return GateClause(expr=clause.text, passed=check(v), value=v,
                       detail="" if v is not None else "not computed (stage failed)")
+
+
+def _no_methods(report: AuditReport) -> str:
+    nothing_found = report.inversions and not any(inv.found for inv in report.inversions)
+    return "no methods in the report" + (": no backdoor found by inversion, so no defense ran"
+                                         if nothing_found else "")
 
 
 def evaluate(gate: list[str], report: AuditReport) -> GateVerdict:

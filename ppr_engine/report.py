@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = "1.0"
+# the only images a report may carry: inline PNGs, so a rendered report loads nothing
+PNG_URI = r"^data:image/png;base64,[A-Za-z0-9+/]*={0,2}$"
 
 
 class StageStatus(BaseModel):
@@ -99,6 +101,8 @@ class ModelResult(BaseModel):
 
     c_acc: float | None = None
     asr: dict[str, float] = Field(default_factory=dict)
+    backdoors_found: int | None = Field(None, description="how many triggers inverted from "
+                                        "the model found a backdoor (null: none inverted)")
 
 
 class BaselineInfo(BaseModel):
@@ -130,6 +134,34 @@ class GateVerdict(BaseModel):
     clauses: list[GateClause] = Field(default_factory=list)
 
 
+class InvertedExample(BaseModel):
+    """One held-out image of another class, clean and with the inverted trigger."""
+
+    true_class: int
+    predicted: int = Field(..., description="the submitted model's class for the inverted image")
+    clean_png: str = Field(..., description="data:image/png;base64 URI", pattern=PNG_URI)
+    inverted_png: str = Field(..., description="data:image/png;base64 URI", pattern=PNG_URI)
+
+
+class InversionResult(BaseModel):
+    """What the inversion of a trigger from the submitted model found (`attack: inverted`)."""
+
+    trigger: str = ""
+    found: bool = Field(..., description="a backdoor was found: the generator's class is also "
+                        "the class with an anomalously small trigger; when false, this trigger "
+                        "gets no verdict")
+    target: int = Field(..., description="the generator's class (the target when found)")
+    confidence: float = Field(..., description="share of other classes' held-in images the "
+                              "generator sends to `target`")
+    margin: float
+    conclusion: str = Field(..., description="the finding in one sentence")
+    asr: float | None = Field(None, description="share of test images of other classes the "
+                              "inverted trigger sends to `target` in the submitted model")
+    detection: dict[str, Any] = Field(default_factory=dict)
+    scan: dict[str, Any] = Field(default_factory=dict, description="the smallest-trigger scan")
+    examples: list[InvertedExample] = Field(default_factory=list)
+
+
 class Provenance(BaseModel):
     """Where every number came from."""
 
@@ -153,6 +185,8 @@ class AuditReport(BaseModel):
     model: ModelResult = Field(default_factory=ModelResult)
     baseline: BaselineInfo = Field(default_factory=BaselineInfo)
     methods: list[MethodResult] = Field(default_factory=list)
+    inversions: list[InversionResult] = Field(default_factory=list, description="triggers "
+                                              "inverted from the model (attack: inverted)")
     gate: GateVerdict = Field(default_factory=GateVerdict)
     stages: list[StageStatus] = Field(default_factory=list)
     provenance: Provenance = Field(default_factory=Provenance)
@@ -230,6 +264,16 @@ def headline(report: AuditReport) -> str:
     """The finding in one sentence, the first thing a reader sees, e.g. "2 of 6 defenses only
     hide the backdoor: FST regains ASR 0.86 and BTI-DBF 0.79 after retuning with 20 poisoned
     images; the baseline regains 0.10." Built only from the report's own numbers."""
+    found = [inv for inv in report.inversions if inv.found]
+    prefix = "".join(f"The trigger was inverted from the model: class {inv.target} "
+                     f"(confidence {inv.confidence:.2f}). " for inv in found)
+    if report.inversions and not found and not report.methods:
+        return " ".join(inv.conclusion for inv in report.inversions)
+    return prefix + _defense_headline(report)
+
+
+def _defense_headline(report: AuditReport) -> str:
+    """The defenses' part of the headline."""
     bd = max(report.model.asr.values(), default=None)
     n = len(report.methods)
     if n == 0:
@@ -362,6 +406,14 @@ def to_markdown(report: AuditReport) -> str:
             out.append(f"Trigger `{key.removeprefix('trigger ')}` given by example: "
                        f"{given.get('measured')} held-out images measure ASR, "
                        f"{given.get('attacking')} others serve RA, QRA and EP/PAM.")
+    for inv in report.inversions:
+        out += ["", f"Trigger `{inv.trigger}` inverted from the model (BTI-DBF's generator, "
+                    f"checked by a smallest-trigger scan): {inv.conclusion}"]
+        if inv.examples:
+            out += ["", "| true class | clean | inverted | model says |", "|---|---|---|---|"]
+            out += [f"| {e.true_class} | ![clean]({e.clean_png}) | ![inverted]({e.inverted_png})"
+                    f" | {e.predicted} |" for e in inv.examples]
+        out.append("")
     b = report.baseline
     out.append(f"RA baseline: **{b.kind}** {b.description}".rstrip() + ".")
     if report.gate.passed is not None:
@@ -526,6 +578,20 @@ def _sweep_chart(report: AuditReport) -> str:
                        "poisoned samples in the retuning set (epochs)", ticks, lines)
 
 
+def _inversion_html(inv: InversionResult) -> str:
+    """A trigger inverted from the model: its conclusion and a few images, clean and inverted."""
+    e = html.escape
+    cells = "".join(
+        f"<tr><td>{ex.true_class}</td><td><img alt='clean' src='{e(ex.clean_png)}'></td>"
+        f"<td><img alt='inverted' src='{e(ex.inverted_png)}'></td><td>{ex.predicted}</td></tr>"
+        for ex in inv.examples)
+    table = (f"<table class='inverted'><tr><th>true class</th><th>clean</th><th>inverted</th>"
+             f"<th>model says</th></tr>{cells}</table>") if cells else ""
+    state = "fail" if inv.found else "pass"
+    return (f"<h2>Trigger {e(inv.trigger)} inverted from the model</h2>"
+            f"<p class='inversion {state}'>{e(inv.conclusion)}</p>{table}")
+
+
 def to_html(report: AuditReport) -> str:
     """One self-contained HTML page: summary, gate, tables, plots, provenance."""
     e = html.escape
@@ -549,6 +615,7 @@ def to_html(report: AuditReport) -> str:
     notes = "".join(f"<li class='{'pass' if ok else 'fail'}'>{e(t)}</li>"
                     for t, ok in detection_notes(report))
     notes = f"<h2>Trigger inversion</h2><ul id='detection'>{notes}</ul>" if notes else ""
+    inversions = "".join(_inversion_html(inv) for inv in report.inversions)
     rule = f"<p id='verdict-rule'>Verdicts: {e(report.verdict_rule)}.</p>" if \
         report.verdict_rule else ""
     fails = ("<h2>Failed stages</h2><ul>" + "".join(
@@ -573,12 +640,14 @@ td.verdict{{text-align:center;font-weight:600}}{verdict_css}
 #verdict-legend{{list-style:none;padding:0}}#headline{{font-size:1.25em;font-weight:600;
 border-left:5px solid #b35c00;padding:0.4em 0.8em;background:#fff7ec}}
 dt{{font-weight:600;margin-top:0.4em}}
+.inverted img{{width:96px;height:96px;image-rendering:pixelated}}
 </style></head><body>
 <h1>ppr-audit {e(report.kind)} report</h1>
 <p id="headline">{e(report.headline or headline(report))}</p>
 <p>Submitted model: C-Acc <b id="model-cacc">{fmt(report.model.c_acc)}</b>, ASR {asr or '-'}.
 RA baseline: <b>{e(report.baseline.kind)}</b> {e(report.baseline.description)}.</p>
 {gate}
+{inversions}
 <h2>Results</h2>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
 <ul id="verdict-legend">{legend}</ul>

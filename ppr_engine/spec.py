@@ -70,11 +70,13 @@ class TriggerSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     attack: str = Field(..., examples=["badnets"])
-    target: int = Field(0, ge=0)
+    target: int | None = Field(None, ge=0, description="target class (default 0); an "
+                               "`inverted` trigger takes none: the inversion finds it")
 
     def params(self) -> dict[str, Any]:
-        """The attack's parameters (extras plus target)."""
-        return {**(self.model_extra or {}), "target": self.target}
+        """The attack's parameters (extras plus target, when given)."""
+        given = {} if self.target is None else {"target": self.target}
+        return {**(self.model_extra or {}), **given}
 
     @model_validator(mode="after")
     def _known(self) -> TriggerSpec:
@@ -91,8 +93,10 @@ class TriggerSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        """Short name used in reports (attack and target)."""
-        return f"{self.attack}->{self.target}"
+        """Short name used in reports (attack and target; `inverted` alone)."""
+        if self.attack == "inverted":
+            return "inverted"
+        return f"{self.attack}->{self.target or 0}"
 
 
 class MethodSpec(BaseModel):

@@ -1,7 +1,7 @@
 """Attacks (triggers) and poisoning: badnets, blended, sig, wanet, lc, ssba (imported), and
-triggers given by example."""
+triggers given by example or inverted from the model."""
 
-from . import examples, lc, ssba, triggers, wanet  # noqa: F401  (registration)
+from . import examples, inverted, lc, ssba, triggers, wanet  # noqa: F401  (registration)
 from .base import (
     ATTACKS,
     PoisonedSet,

@@ -31,11 +31,22 @@ class Trigger:
     """A registered attack: how to trigger images and how to poison a training set."""
 
     clean_label = False
+    learns_from_model = False  # the audit calls learn() before using it (inversion)
     Params: type[TriggerParams] = TriggerParams
 
     def __init__(self, params: TriggerParams) -> None:
         self.params = params
         self.target = params.target
+
+    @property
+    def found(self) -> bool:
+        """Whether the backdoor this trigger stands for is known to be in the model (a
+        trigger inverted from the model may find none: it then gets no verdict)."""
+        return True
+
+    def learn(self, model: nn.Module, ctx: Any) -> None:
+        """Triggers found in the model itself (`inverted`) learn here, from the model and the
+        defender's data in `ctx` (a DefenseContext); a given trigger has nothing to learn."""
 
     def data_refs(self) -> list[str]:
         """The data references the parameters name (the service checks each one)."""

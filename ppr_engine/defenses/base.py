@@ -14,17 +14,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..attacks import Trigger
 from ..data import ImageSet
 from ..models import head_of
 from ..registry import Registry
 from ..train import Batch, Progress, accuracy, no_progress
+
+if TYPE_CHECKING:  # the attacks' inverted trigger imports the defenses' inversion
+    from ..attacks import Trigger
 
 
 @dataclass

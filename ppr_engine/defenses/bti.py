@@ -173,7 +173,8 @@ def stage_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None 
     return logits, seen[0]
 
 
-def _frozen_copy(model: nn.Module, train_mode: bool) -> nn.Module:
+def frozen_copy(model: nn.Module, train_mode: bool) -> nn.Module:
+    """A copy of `model` whose parameters take no gradient (inputs and masks do)."""
     out = copy.deepcopy(model).train(train_mode)
     for q in out.parameters():
         q.requires_grad_(False)
@@ -185,7 +186,7 @@ def learn_feature_mask(model: nn.Module, loader: DeviceLoader, epochs: int, seed
     """Mask in [0, 1] over the feature map: benign (m) versus backdoor (1 - m) features.
 
     As in the authors' code the model is a copy in train mode (batch statistics)."""
-    inv = _frozen_copy(model, train_mode=True)
+    inv = frozen_copy(model, train_mode=True)
     x0, _ = next(iter(loader))
     with torch.no_grad():
         shape = stage_features(inv, x0[:2])[1].shape[1:]
@@ -270,7 +271,7 @@ class Inverter:
         torch.manual_seed(self.ctx.seed)
         gen = UNet(p.gen_width, p.gen_blocks, p.gen_output).to(self.device).train()
         opt = torch.optim.Adam(gen.parameters(), lr=p.gen_lr)
-        ref = _frozen_copy(model, train_mode=False)
+        ref = frozen_copy(model, train_mode=False)
         std = model.input_std
         for _ in range(p.pretrain_epochs):
             for x, _ in self.loader:
@@ -293,7 +294,7 @@ class Inverter:
         """One round against the current `model`: mask, generator, and (first round) the
         target; returns the detection."""
         p, dev = self.p, self.device
-        inv = _frozen_copy(model, train_mode=False)
+        inv = frozen_copy(model, train_mode=False)
         mask = learn_feature_mask(model, self.loader, p.mask_epochs, self.ctx.seed + self.rounds)
         std = model.input_std
         det = self.detection

@@ -9,8 +9,9 @@ import pytest
 from ppr_engine import audit, data
 from ppr_engine.attacks import build_trigger
 from ppr_engine.checkpoint import save_model
-from ppr_engine.demo import demo_spec
+from ppr_engine.demo import DEMO_UNKNOWN_TRIGGER, demo_spec
 from ppr_engine.errors import Cancelled
+from ppr_engine.report import to_html, to_markdown
 from ppr_engine.spec import validate_spec
 
 DATA = {"clean": "synthetic:?n=1000&seed=2", "test": "synthetic:?n=1000&seed=1",
@@ -64,6 +65,31 @@ def test_the_demo_audited_by_example_agrees_with_the_parametric_audit(demo_repor
         assert abs(a.o_asr - b.o_asr) <= 0.1
     prov = given.provenance.data["trigger examples->3"]
     assert prov["measured"] == prov["attacking"] == 1000
+
+
+def test_the_demo_audited_with_an_inverted_trigger_agrees_with_the_known_trigger(
+        demo_report, demo_checkpoint):
+    """The demo's model audited without its trigger (`attack: inverted`): the inversion finds
+    class 3 and the scan confirms it; FST is flagged superficial and EP robust, as in the
+    audit that knows the trigger; the report says the trigger was inverted and shows images."""
+    raw = demo_spec(quick=True).model_dump(mode="json")
+    raw["triggers"] = [DEMO_UNKNOWN_TRIGGER]
+    raw["plan"]["methods"] = [m for m in raw["plan"]["methods"] if m["name"] in ("fst", "ep")]
+    raw["plan"]["retune"]["sweep"] = []
+    raw["gate"] = ["model.backdoors_found == 0"]
+    r = audit.run(validate_spec(raw), demo_checkpoint).report
+    inv = r.inversions[0]
+    assert inv.found and inv.target == 3 and inv.trigger == "inverted", inv.conclusion
+    assert inv.scan["smallest"] == 3 and inv.scan["ratio"] <= 0.5
+    assert r.model.asr["inverted"] >= 0.9 and r.model.backdoors_found == 1
+    for key, verdict in (("fst", "superficial"), ("ep", "robust")):
+        assert demo_report.method(key).verdict == r.method(key).verdict == verdict, key
+    assert r.headline.startswith("The trigger was inverted from the model: class 3")
+    assert not r.gate.passed and r.gate.clauses[0].value == 1.0  # a release gate catches it
+    assert len(inv.examples) == 4 and sum(e.predicted == 3 for e in inv.examples) >= 3
+    md, page = to_markdown(r), to_html(r)
+    assert "Trigger `inverted` inverted from the model" in md and "data:image/png;base64," in md
+    assert page.count("<img alt='inverted'") == 4
 
 
 def _quick_spec(**plan):

@@ -118,7 +118,8 @@ def test_sample_specific_triggers_use_the_test_bank_for_test_images_whatever_the
     spec["triggers"] = [trig_spec]
     spec = validate_spec(spec)
     d, _ = audit._load_data(spec, None, None, torch.device("cpu"))
-    assert (d.triggered[0].x == 200).all()  # the test bank, though the npz names no split
+    # the test bank, though the npz names no split
+    assert (d.triggers[0].triggered_test(d.test).x == 200).all()
     assert (d.triggers[0].apply_set(d.pool) == 40).all()  # attacker images: the train bank
     report = audit.run(spec, ckpt).report
     failed = [s.error for m in report.methods for s in m.stages if s.status == "failed"]
