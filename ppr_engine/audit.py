@@ -303,11 +303,11 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         report.model.backdoors_found = sum(inv.found for inv in report.inversions)
     # a trigger inverted from the model that found no backdoor gets no verdict
     _select(d, [i for i, t in enumerate(d.triggers) if t.found])
-    nothing_found = bool(spec.triggers) and not d.triggers
-    if nothing_found:
+    if spec.triggers and not d.triggers:  # every trigger was inverted: none found, or failed
+        reason = ("no backdoor found by inversion" if report.inversions else
+                  "no trigger left: its inversion failed")
         for st in ("purify", "baseline", "retune", "qra", "lmc"):
-            report.stages.append(StageStatus(name=st, status="skipped",
-                                             error="no backdoor found by inversion"))
+            report.stages.append(StageStatus(name=st, status="skipped", error=reason))
         return _finish(report, spec, t0, tracker)
 
     purified: dict[str, nn.Module] = {}

@@ -18,7 +18,7 @@ from ppr_engine.demo import DEMO_INVERSION as SMALL_INVERSION
 CASES = {
     "ft": ({"epochs": 10, "augment": False}, False),
     "lp": ({"epochs": 10, "augment": False}, False),
-    "tsbd": ({"epochs": 10, "augment": False, "unlearn_lr": 1e-3, "max_unlearn_epochs": 20},
+    "tsbd": ({"epochs": 15, "augment": False, "unlearn_lr": 1e-3, "max_unlearn_epochs": 20},
              True),
     "ft_init": ({"epochs": 10, "augment": False}, False),
     "fe_tuning": ({"epochs": 10, "lr": 0.05, "augment": False}, True),
@@ -34,6 +34,8 @@ CASES = {
     "pam": ({"rounds": 1, "epochs": 10, "scale_to": None, "momentum": 0.9, "augment": False,
              "data": "trigger"}, True),
 }
+# tsbd fine-tunes 15 epochs: at 10 its ASR landed at the 0.20 bound (0.203 on this
+# session's CPU, below it on an earlier one; 0.161 at 15, 0.153 at 20).
 # Why some methods are not expected to remove this backdoor here:
 # - ft, ft_init: plain fine-tuning on 900 clean images keeps the BadNets shortcut; METHODS.md
 #   §4 records the same for FT on a small CPU setting. The test checks only C-Acc for them.
