@@ -6,7 +6,8 @@ demo's CPU settings (`ppr_engine.demo.DEMO_UNKNOWN_TRIGGER`: one inversion round
 smallest-trigger scan on 500 of the defender's images) and record what it concludes: found
 or not, the generator's class and confidence, the scan's smallest class and ratio.
 Run: `python bench/unknown_trigger.py [--cases clean:0 badnets:7] [--seeds 0 1]`
-(about a minute per case on one CPU core; the result files are rewritten after each).
+(about a minute per case on one CPU core; the result files are rewritten after each), or on
+a saved model: `--ckpt M.safetensors --arch small_cnn --clean REF [--truth T] --tag NAME`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bti_detection import backdoored_model  # noqa: E402
 from bench.common import RESULTS, write  # noqa: E402
-from ppr_engine import attacks, data  # noqa: E402
+from ppr_engine import attacks, data, models  # noqa: E402
+from ppr_engine.checkpoint import load_model  # noqa: E402
 from ppr_engine.defenses import DefenseContext  # noqa: E402
 from ppr_engine.demo import DEMO_UNKNOWN_TRIGGER  # noqa: E402
 
@@ -48,6 +50,25 @@ def run_one(case: str, seed: int, device: torch.device) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def run_checkpoint(ckpt: Path, arch: str, clean_ref: str, truth: int | None,
+                   device: torch.device) -> dict:
+    """Learn an inverted trigger from a saved model on real data (`--ckpt`)."""
+    model = load_model(ckpt, arch, 10).to(device)
+    clean = data.load(clean_ref, size=models.architecture(arch).input_size)
+    train_part, val = data.train_val(clean, 0.1, seed=0)
+    trig = attacks.build_trigger("inverted", {k: v for k, v in DEMO_UNKNOWN_TRIGGER.items()
+                                              if k != "attack"})
+    start = time.perf_counter()
+    trig.learn(model, DefenseContext(train_part.to(device), val.to(device), device, seed=0))
+    r = trig.result
+    right = (not r.found) if truth is None else (r.found and r.target == truth)
+    return {"case": f"{ckpt.name} (truth {truth})", "seed": 0, "backdoor_asr": None,
+            "found": r.found, "generator_class": r.target,
+            "confidence": round(r.confidence, 3), "scan_smallest": r.scan["smallest"],
+            "scan_ratio": r.scan["ratio"], "right": right, "conclusion": r.conclusion,
+            "defender_images": len(train_part), "seconds": round(time.perf_counter() - start, 1)}
+
+
 def table(rows: list[dict]) -> str:
     """Markdown, one line per run."""
     out = ["| model | seed | backdoor ASR | generator: class (confidence) | scan: smallest "
@@ -66,10 +87,22 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--ckpt", type=Path, help="instead: a saved model on real data")
+    ap.add_argument("--arch", default="small_cnn")
+    ap.add_argument("--clean", help="the defender's data reference (with --ckpt)")
+    ap.add_argument("--truth", type=int, default=None, help="the true target (with --ckpt; "
+                    "none: a clean model)")
     a = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = "unknown_trigger" + (f"-{a.tag}" if a.tag else "")
+    if a.ckpt:
+        row = run_checkpoint(a.ckpt, a.arch, a.clean, a.truth, device)
+        (RESULTS / f"{name}.md").write_text(table([row]))
+        write(name, {"what": "attack: inverted on a saved model", "clean": a.clean,
+                     "trigger": DEMO_UNKNOWN_TRIGGER, "rows": [row]})
+        return
     torch.set_num_threads(1)
     device = torch.device("cpu")
-    name = "unknown_trigger" + (f"-{a.tag}" if a.tag else "")
     rows = []
     for s in a.seeds:
         for case in a.cases:
