@@ -35,19 +35,10 @@ def run_one(case: str, seed: int, device: torch.device) -> dict:
     """Train one model and learn an inverted trigger from it."""
     attack, target = case.split(":")
     model, asr, clean = backdoored_model(attack, int(target), seed, device)
-    train_part, val = data.train_val(clean, 0.1, seed=seed)
-    trig = attacks.build_trigger("inverted", {k: v for k, v in DEMO_UNKNOWN_TRIGGER.items()
-                                              if k != "attack"})
-    start = time.perf_counter()
-    trig.learn(model, DefenseContext(train_part, val, device, seed=seed))
-    r = trig.result
     truth = None if attack == "clean" else int(target)
-    right = (not r.found) if truth is None else (r.found and r.target == truth)
-    return {"case": case, "seed": seed, "backdoor_asr": None if asr is None else round(asr, 3),
-            "found": r.found, "generator_class": r.target,
-            "confidence": round(r.confidence, 3), "scan_smallest": r.scan["smallest"],
-            "scan_ratio": r.scan["ratio"], "right": right, "conclusion": r.conclusion,
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {"case": case, "seed": seed,
+            "backdoor_asr": None if asr is None else round(asr, 3),
+            **learn_inverted(model, clean, truth, device, seed)}
 
 
 def run_checkpoint(ckpt: Path, arch: str, clean_ref: str, truth: int | None,
@@ -55,15 +46,22 @@ def run_checkpoint(ckpt: Path, arch: str, clean_ref: str, truth: int | None,
     """Learn an inverted trigger from a saved model on real data (`--ckpt`)."""
     model = load_model(ckpt, arch, 10).to(device)
     clean = data.load(clean_ref, size=models.architecture(arch).input_size)
-    train_part, val = data.train_val(clean, 0.1, seed=0)
+    return {"case": f"{ckpt.name} (truth {truth})", "seed": 0, "backdoor_asr": None,
+            **learn_inverted(model, clean, truth, device, 0)}
+
+
+def learn_inverted(model: torch.nn.Module, clean: data.ImageSet, truth: int | None,
+                   device: torch.device, seed: int) -> dict:
+    """The inverted trigger's finding on `model` with the defender's `clean` set, and
+    whether it is right (`truth`: the true target; None: a clean model)."""
+    train_part, val = data.train_val(clean, 0.1, seed=seed)
     trig = attacks.build_trigger("inverted", {k: v for k, v in DEMO_UNKNOWN_TRIGGER.items()
                                               if k != "attack"})
     start = time.perf_counter()
-    trig.learn(model, DefenseContext(train_part.to(device), val.to(device), device, seed=0))
-    r = trig.result
+    trig.learn(model, DefenseContext(train_part.to(device), val.to(device), device, seed=seed))
+    r = trig.inversion
     right = (not r.found) if truth is None else (r.found and r.target == truth)
-    return {"case": f"{ckpt.name} (truth {truth})", "seed": 0, "backdoor_asr": None,
-            "found": r.found, "generator_class": r.target,
+    return {"found": r.found, "generator_class": r.target,
             "confidence": round(r.confidence, 3), "scan_smallest": r.scan["smallest"],
             "scan_ratio": r.scan["ratio"], "right": right, "conclusion": r.conclusion,
             "defender_images": len(train_part), "seconds": round(time.perf_counter() - start, 1)}

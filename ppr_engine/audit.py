@@ -294,7 +294,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
             for lbl, tt, t in zip(d.labels, d.triggered, d.triggers, strict=True)})
     tracker.finish("evaluate")
     for lbl, t in zip(d.labels, d.triggers, strict=True):
-        if (inv := getattr(t, "result", None)) is not None:
+        if (inv := t.inversion) is not None:
             report.inversions.append(inv.model_copy(update={
                 "trigger": lbl, "asr": report.model.asr.get(lbl)}))
             if not inv.found:  # what the generator reaches is no backdoor's ASR

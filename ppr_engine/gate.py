@@ -6,13 +6,13 @@ Grammar (one clause per string; a gate passes when every clause passes):
     subject := METHOD_KEY | "all" | "any" | "model" | "baseline"
     op      := "<=" | "<" | ">=" | ">" | "==" | "!="
 
-Model field `backdoors_found`: how many `inverted` triggers found a backdoor (an audit
-without a known trigger gates a release with `model.backdoors_found == 0`; when none is
-found no defense runs, and clauses on methods fail with "no methods in the report").
 Method fields: o_cacc, o_asr, der, p_cacc, p_asr, baseline_p_asr, gap, max_gap, qra_asr,
-qra_clean_to_target, lmc_lambda50. Model fields: c_acc, asr. Baseline fields: c_acc, asr,
-p_asr. `asr`-like fields take the worst case (maximum) over triggers. `all.F` needs F to
-pass for every method, `any.F` for at least one. A value that was not computed (its stage
+qra_clean_to_target, lmc_lambda50. Model fields: c_acc, asr, backdoors_found (how many
+`inverted` triggers found a backdoor: an audit without a known trigger gates a release with
+`model.backdoors_found == 0`; when none is found no defense runs, and clauses on methods
+fail with "no methods in the report"). Baseline fields: c_acc, asr, p_asr. `asr`-like
+fields take the worst case (maximum) over triggers. `all.F` needs F to pass for every
+method, `any.F` for at least one. A value that was not computed (its stage
 failed) fails the clause and says so. `lmc_lambda50` of a path on which ASR never exceeds
 50% counts as 1.0 (the far end of the path).
 """

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from .data import DeviceLoader, ImageSet
-from .models import head_of
+from .models import frozen_copy, head_of
 from .train import Progress, autocast, no_progress
 
 
@@ -70,8 +70,6 @@ def smallest_triggers(model: nn.Module, train: ImageSet, held_out: ImageSet, p: 
                       device: torch.device, seed: int, progress: Progress = no_progress
                       ) -> ScanResult:
     """Learn one mask-and-pattern trigger per class on `train`, measure it on `held_out`."""
-    from .defenses.bti import frozen_copy  # defenses import attacks, which import this
-
     net = frozen_copy(model, train_mode=False)
     k = head_of(model).out_features
     g = torch.Generator().manual_seed(seed)

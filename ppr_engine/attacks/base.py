@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data import ImageSet, to_float
 from ..registry import Registry
+from ..report import InversionResult
 
 
 class TriggerParams(BaseModel):
@@ -32,6 +33,7 @@ class Trigger:
 
     clean_label = False
     learns_from_model = False  # the audit calls learn() before using it (inversion)
+    inversion: InversionResult | None = None  # what learn() found, for the report
     Params: type[TriggerParams] = TriggerParams
 
     def __init__(self, params: TriggerParams) -> None:

@@ -25,10 +25,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..data import ImageSet, to_float
+from ..data import ImageSet
 from ..defenses.base import DefenseContext
-from ..defenses.bti import InversionParams, frozen_copy, invert
+from ..defenses.bti import InversionParams, invert
 from ..errors import SpecError
+from ..models import frozen_copy
 from ..report import InversionResult, InvertedExample
 from ..scan import ScanParams, ScanResult, smallest_triggers
 from ..train import predict
@@ -66,7 +67,7 @@ class Inverted(Trigger):
         self.params = params
         self.target = -1  # set by learn(); -1 until then
         self.generator: nn.Module | None = None
-        self.result: InversionResult | None = None
+        self.inversion: InversionResult | None = None
 
     @property
     def p(self) -> InvertedParams:
@@ -74,7 +75,7 @@ class Inverted(Trigger):
 
     @property
     def found(self) -> bool:
-        return self.result is not None and self.result.found
+        return self.inversion is not None and self.inversion.found
 
     def learn(self, model: nn.Module, ctx: DefenseContext) -> None:
         """Invert, scan, and decide (see the module's docstring)."""
@@ -87,7 +88,7 @@ class Inverted(Trigger):
         self.generator = frozen_copy(inverter.gen, train_mode=False)
         self.target = det.target
         found = det.confident and scan.anomalous and scan.smallest == det.target
-        self.result = InversionResult(
+        self.inversion = InversionResult(
             found=found, target=det.target, confidence=det.confidence, margin=det.margin,
             conclusion=_conclusion(found, det.target, det.confidence, self.p, scan),
             detection=inverter.record(), scan=scan.record(),
@@ -100,7 +101,7 @@ class Inverted(Trigger):
         if not len(sub):
             return []
         inverted = self.apply_set(sub)
-        pred = predict(model, to_float(inverted.to(sub.x.device))).cpu()
+        pred = predict(model, inverted)
         return [InvertedExample(true_class=int(y), predicted=int(q), clean_png=png_data_uri(c),
                                 inverted_png=png_data_uri(v))
                 for y, q, c, v in zip(sub.y.cpu(), pred, sub.x, inverted, strict=True)]
@@ -116,10 +117,10 @@ class Inverted(Trigger):
 
     def provenance(self) -> dict[str, Any] | None:
         """Where the trigger came from: the model itself, on the defender's data."""
-        if self.result is None:
+        if self.inversion is None:
             return None
-        return {"kind": "inverted", "found": self.result.found, "target": self.result.target,
-                "confidence": round(self.result.confidence, 4)}
+        return {"kind": "inverted", "found": self.inversion.found, "target": self.inversion.target,
+                "confidence": round(self.inversion.confidence, 4)}
 
 
 def _conclusion(found: bool, k: int, confidence: float, p: InvertedParams,

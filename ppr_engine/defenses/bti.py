@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..data import DeviceLoader, ImageSet, device_generator
-from ..models import architecture, head_of, submodule
+from ..models import architecture, frozen_copy, head_of, submodule
 from ..train import Progress, autocast, fit, no_progress, predict
 from .base import (
     DEFENSES,
@@ -171,14 +171,6 @@ def stage_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None 
     finally:
         handle.remove()
     return logits, seen[0]
-
-
-def frozen_copy(model: nn.Module, train_mode: bool) -> nn.Module:
-    """A copy of `model` whose parameters take no gradient (inputs and masks do)."""
-    out = copy.deepcopy(model).train(train_mode)
-    for q in out.parameters():
-        q.requires_grad_(False)
-    return out
 
 
 def learn_feature_mask(model: nn.Module, loader: DeviceLoader, epochs: int, seed: int

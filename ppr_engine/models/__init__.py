@@ -8,6 +8,7 @@ checkpoint files (see `ppr_engine.checkpoint`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,6 +81,15 @@ def create(
 def submodule(model: nn.Module, path: str) -> nn.Module:
     """The submodule at dotted `path` (e.g. "heads.head")."""
     return model.get_submodule(path)
+
+
+def frozen_copy(model: nn.Module, train_mode: bool) -> nn.Module:
+    """A copy of `model` whose parameters take no gradient (inputs, masks and generators
+    that feed it still do)."""
+    out = copy.deepcopy(model).train(train_mode)
+    for q in out.parameters():
+        q.requires_grad_(False)
+    return out
 
 
 def head_of(model: nn.Module) -> nn.Linear:

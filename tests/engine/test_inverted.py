@@ -66,7 +66,7 @@ def test_a_clean_model_gets_no_backdoor_found_and_no_verdict(train_set, device, 
 
 
 def test_an_inverted_trigger_takes_no_target_and_cannot_poison(train_set):
-    with pytest.raises(Exception, match="target"):
+    with pytest.raises(SpecError, match="target"):
         validate_spec({"model": {"arch": "small_cnn"}, "data": DATA,
                        "triggers": [{"attack": "inverted", "target": 3}]})
     trig = attacks.build_trigger("inverted", {})
