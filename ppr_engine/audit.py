@@ -236,6 +236,15 @@ VERDICT_RULE = ("not_removed: O-ASR above plan.retune.removed_asr; superficial: 
                 "and max_gap within that margin")
 
 
+def _check_detection(record: dict, triggers: list[Trigger]) -> None:
+    """Put the audit's known targets beside a method's detected one, so the report can say
+    whether the inversion found the right class; the method itself never saw them."""
+    det = record.get("detection")
+    known = sorted({t.target for t in triggers if not t.learns_from_model})
+    if det is not None and known:
+        det["audit_targets"] = known
+
+
 def _verdict(m: MethodResult, spec: AuditSpec) -> str:
     """The rule of VERDICT_RULE; without a baseline, P-ASR against removed_asr."""
     if m.o_asr is None:
@@ -321,6 +330,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
             out = purify(ms.name, bd, ctx, ms.parsed())
             purified[ms.key] = out.model
             res.record = {k: v for k, v in out.record.items() if k != "params"}
+            _check_detection(res.record, d.triggers)
             res.o_cacc = clean_accuracy(out.model, d.test)
             for lbl, tt, t in zip(d.labels, d.triggered, d.triggers, strict=True):
                 o_asr = attack_success_rate(out.model, tt, t.target)

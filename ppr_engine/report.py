@@ -208,9 +208,16 @@ def detection_notes(report: AuditReport) -> list[tuple[str, bool]]:
             continue
         text = (f"{m.key}: trigger inversion detected target class {det['target']} "
                 f"(confidence {det['confidence']:.2f}, margin {det['margin']:.2f})")
+        reason = det.get("reason") or "the inversion found no class that most images go to"
         if not det["confident"]:
-            text += ("; NOT CONFIDENT: the inversion found no class that most images go to, "
-                     "so this method's unlearning data may not carry the backdoor")
+            text += (f"; NOT CONFIDENT: {reason}, so this method's unlearning data may not "
+                     "carry the backdoor")
+        elif det.get("verified"):
+            text += f"; confirmed by the smallest-trigger scan: {reason}"
+        if (truth := det.get("audit_targets")) is not None:
+            text += ("; the audit's trigger targets class " + ", ".join(map(str, truth)) + ": "
+                     + ("the detection is right" if det["target"] in truth
+                        else "the detection is WRONG"))
         shares = m.record.get("fallback_shares")
         if shares:
             text += ("; the generator spent " + ", ".join(f"{s:.0%}" for s in shares)

@@ -8,10 +8,11 @@ fixed model) proposes a target class and a trigger G(x); the smallest-trigger sc
 adversarial perturbation, which a generator finds in any model (on a clean small_cnn it sent
 98% of other classes' images to one class). A backdoor is found only when both agree: the
 generator sends at least `inversion.min_confidence` of other classes' images to class k, and
-class k is the class whose smallest patch trigger is at most `scan.max_ratio` of the other
-classes' median. Otherwise the audit says "no backdoor found by inversion" and gives no
-verdict for this trigger. When found, G(x) is the trigger for RA, QRA, LMC and for EP/PAM's
-`data: trigger`, and ASR is the share of test images of other classes that G sends to k.
+class k is the class whose smallest patch trigger is at most `inversion.scan.max_ratio` of
+the other classes' median (`bti.Detection.confident`, the rule BTI-DBF and PAM use).
+Otherwise the audit says "no backdoor found by inversion" and gives no verdict for this
+trigger. When found, G(x) is the trigger for RA, QRA, LMC and for EP/PAM's `data: trigger`,
+and ASR is the share of test images of other classes that G sends to k.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ from typing import Any
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ..data import ImageSet
 from ..defenses.base import DefenseContext
-from ..defenses.bti import InversionParams, invert
+from ..defenses.bti import Detection, InversionParams, invert
 from ..errors import SpecError
 from ..models import frozen_copy
 from ..report import InversionResult, InvertedExample
-from ..scan import ScanParams, ScanResult, smallest_triggers
 from ..train import predict
 from .base import ATTACKS, Trigger
 
@@ -41,9 +41,26 @@ class InvertedParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     rounds: int = Field(1, ge=1, le=10, description="inversion rounds against the model")
-    inversion: InversionParams = Field(default_factory=InversionParams)
-    scan: ScanParams = Field(default_factory=ScanParams)
+    inversion: InversionParams = Field(default_factory=InversionParams, description="the "
+                                       "inversion and its verifying scan (`inversion.scan`)")
     examples: int = Field(4, ge=0, le=16, description="inverted images shown in the report")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scan_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scan" in data:
+            raise ValueError("scan: the scan's settings are now inversion.scan (the same scan "
+                             "verifies BTI-DBF's and PAM's detections)")
+        return data
+
+    @field_validator("inversion")
+    @classmethod
+    def _verified(cls, v: InversionParams) -> InversionParams:
+        if not v.verify:
+            raise ValueError("inverted needs inversion.verify: true (the smallest-trigger scan "
+                             "is what tells a backdoor from a universal adversarial "
+                             "perturbation)")
+        return v
 
 
 def png_data_uri(image: torch.Tensor) -> str:
@@ -81,18 +98,13 @@ class Inverted(Trigger):
         """Invert, scan, and decide (see the module's docstring)."""
         inverter = invert(model, ctx, self.p.inversion, rounds=self.p.rounds)
         det = inverter.detection
-        assert det is not None
-        ctx.progress("trigger scan", 0.0)
-        scan = smallest_triggers(model, ctx.clean, ctx.val, self.p.scan, ctx.device,
-                                 ctx.seed, ctx.progress)
+        assert det is not None and det.scan is not None  # verify is required (validator)
         self.generator = frozen_copy(inverter.gen, train_mode=False)
         self.target = det.target
-        found = det.confident and scan.anomalous and scan.smallest == det.target
         self.inversion = InversionResult(
-            found=found, target=det.target, confidence=det.confidence, margin=det.margin,
-            conclusion=_conclusion(found, det.target, det.confidence, self.p, scan),
-            detection=inverter.record(), scan=scan.record(),
-            examples=self._examples(model, ctx.val))
+            found=det.confident, target=det.target, confidence=det.confidence,
+            margin=det.margin, conclusion=_conclusion(det), detection=inverter.record(),
+            scan=det.scan.record(), examples=self._examples(model, ctx.val))
 
     def _examples(self, model: nn.Module, held_out: ImageSet) -> list[InvertedExample]:
         """The first held-out images of other classes, clean and inverted, as PNGs."""
@@ -123,22 +135,10 @@ class Inverted(Trigger):
                 "confidence": round(self.inversion.confidence, 4)}
 
 
-def _conclusion(found: bool, k: int, confidence: float, p: InvertedParams,
-                scan: ScanResult) -> str:
+def _conclusion(det: Detection) -> str:
     """One sentence a reader can act on, built from the two tests' numbers."""
-    sent = (f"the generator sends {confidence:.0%} of other classes' images to class {k}")
-    smallest = (f"the smallest patch trigger belongs to class {scan.smallest}, "
-                f"{scan.ratio:.2f} times the other classes' median size")
-    if found:
-        return (f"Backdoor found by inversion: target class {k} ({sent}; {smallest}, at or "
-                f"below {scan.max_ratio:.2f}).")
-    if confidence < p.inversion.min_confidence:
-        return (f"No backdoor found by inversion: {sent}, below the "
-                f"{p.inversion.min_confidence:.0%} a backdoor needs.")
-    if not scan.anomalous:
-        return (f"No backdoor found by inversion: {sent}, but no class needs an anomalously "
-                f"small trigger ({smallest}; a backdoor needs {scan.max_ratio:.2f} or less): "
-                f"a universal adversarial perturbation, not a backdoor.")
-    return (f"No backdoor found by inversion, inconclusive: {sent}, but {smallest}; the two "
-            f"tests disagree, so there may be a backdoor to class {scan.smallest} that the "
-            f"generator did not find.")
+    if det.confident:
+        return f"Backdoor found by inversion: target class {det.target} ({det.reason()})."
+    if det.verified is False and det.generator_confident and det.scan.anomalous:
+        return f"No backdoor found by inversion, inconclusive: {det.reason()}."
+    return f"No backdoor found by inversion: {det.reason()}."

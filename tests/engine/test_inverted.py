@@ -69,6 +69,11 @@ def test_an_inverted_trigger_takes_no_target_and_cannot_poison(train_set):
     with pytest.raises(SpecError, match="target"):
         validate_spec({"model": {"arch": "small_cnn"}, "data": DATA,
                        "triggers": [{"attack": "inverted", "target": 3}]})
+    for bad, says in (({"scan": {}}, "inversion.scan"), ({"inversion": {"verify": False}},
+                                                         "needs inversion.verify")):
+        with pytest.raises(SpecError, match=says):
+            validate_spec({"model": {"arch": "small_cnn"}, "data": DATA,
+                           "triggers": [{"attack": "inverted", **bad}]})
     trig = attacks.build_trigger("inverted", {})
     with pytest.raises(SpecError, match="not learnt yet"):
         attacks.poison_training_set(train_set, trig, 0.1)

@@ -102,9 +102,18 @@ def test_an_unconfident_detection_is_shown_not_hidden():
     for text in (md, html):
         assert "detected target class 6 (confidence 0.31" in text and "NOT CONFIDENT" in text
         assert "Verdicts: the rule." in text
+    det["reason"] = "no class needs an anomalously small trigger"
+    det["audit_targets"] = [3]
+    for text in render(r, "md")[0], render(r, "html")[0]:
+        assert "NOT CONFIDENT: no class needs an anomalously small trigger" in text
+        assert "trigger targets class 3: the detection is WRONG" in text
     r.methods[0].record["detection"] = {**det, "target": 3, "confidence": 0.97,
-                                        "confident": True}
-    assert "NOT CONFIDENT" not in render(r, "md")[0]
+                                        "confident": True, "verified": True,
+                                        "reason": "class 3 needs the smallest trigger"}
+    md = render(r, "md")[0]
+    assert "NOT CONFIDENT" not in md and "WRONG" not in md
+    assert "confirmed by the smallest-trigger scan: class 3 needs" in md
+    assert "the detection is right" in md
     assert "held back" not in render(r, "md")[0]
     r.methods[0].record["fallback_shares"] = [0.97, 0.12]
     for text in render(r, "md")[0], render(r, "html")[0]:

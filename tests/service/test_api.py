@@ -339,7 +339,7 @@ def test_methods_come_from_the_registries(client):
     examples = next(a for a in body["attacks"] if a["name"] == "examples")
     assert {"data", "train_data", "holdout"} <= set(examples["params"])
     inverted = next(a for a in body["attacks"] if a["name"] == "inverted")
-    assert {"rounds", "inversion", "scan"} <= set(inverted["params"])
+    assert {"rounds", "inversion"} <= set(inverted["params"])
     assert "target" not in inverted["params"]  # the inversion finds it
     assert "backdoorbench" in [k["name"] for k in body["data_kinds"]]
 
