@@ -107,9 +107,10 @@ def unlearning_collapse(model, ctx: DefenseContext) -> tuple[int, float]:
     ul, _ = clean_unlearn(model, ctx, TSBDParams(unlearn_lr=1e-3, batch_size=128,
                                                  unlearn_acc=0.1, max_unlearn_epochs=50))
     pred, y = train.predict(ul, ctx.clean), ctx.clean.y.cpu()
+    k = models.head_of(model).out_features
     shares = [float(((pred == c) & (y != c)).sum()) / max(1, int((y != c).sum()))
-              for c in range(10)]
-    top = max(range(10), key=shares.__getitem__)
+              for c in range(k)]
+    top = max(range(k), key=shares.__getitem__)
     return top, shares[top]
 
 

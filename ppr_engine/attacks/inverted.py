@@ -139,6 +139,6 @@ def _conclusion(det: Detection) -> str:
     """One sentence a reader can act on, built from the two tests' numbers."""
     if det.confident:
         return f"Backdoor found by inversion: target class {det.target} ({det.reason()})."
-    if det.verified is False and det.generator_confident and det.scan.anomalous:
+    if det.tests_disagree:
         return f"No backdoor found by inversion, inconclusive: {det.reason()}."
     return f"No backdoor found by inversion: {det.reason()}."

@@ -246,6 +246,12 @@ class Detection:
     def confident(self) -> bool:
         return self.generator_confident and self.verified is not False
 
+    @property
+    def tests_disagree(self) -> bool:
+        """The generator reached its class, but the scan found another class anomalous."""
+        return (self.generator_confident and self.scan is not None and self.scan.anomalous
+                and self.scan.smallest != self.target)
+
     def reason(self) -> str:
         """Why the detection is or is not confident, from the two tests' numbers."""
         sent = (f"the generator sends {self.confidence:.0%} of other classes' images to class "
@@ -259,12 +265,12 @@ class Detection:
                     f"times the other classes' median size")
         if self.verified:
             return f"{sent}; {smallest}, at or below {s.max_ratio:.2f}"
-        if not s.anomalous:
-            return (f"{sent}, but no class needs an anomalously small trigger ({smallest}; a "
-                    f"backdoor needs {s.max_ratio:.2f} or less): a universal adversarial "
-                    f"perturbation, not a backdoor")
-        return (f"{sent}, but {smallest}; the two tests disagree, so there may be a backdoor "
-                f"to class {s.smallest} that the generator did not find")
+        if self.tests_disagree:
+            return (f"{sent}, but {smallest}; the two tests disagree, so there may be a "
+                    f"backdoor to class {s.smallest} that the generator did not find")
+        return (f"{sent}, but no class needs an anomalously small trigger ({smallest}; a "
+                f"backdoor needs {s.max_ratio:.2f} or less): a universal adversarial "
+                f"perturbation, not a backdoor")
 
     def record(self) -> dict:
         """A JSON-able summary for the method's record and the report."""
