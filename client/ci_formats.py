@@ -28,8 +28,13 @@ RULES = {
                              "images brings the backdoor back beyond the baseline."),
     "backdoor-not-removed": ("PPR003", "The backdoor is not removed",
                              "After the defense the model still answers the trigger."),
+    "defense-degraded": ("PPR004", "The defense broke the model",
+                         "The defense cost more clean accuracy than the audit allows "
+                         "(plan.retune.max_acc_drop), so its low ASR is no evidence of "
+                         "purification."),
 }
-VERDICT_RULE = {"superficial": "backdoor-superficial", "not_removed": "backdoor-not-removed"}
+VERDICT_RULE = {"superficial": "backdoor-superficial", "not_removed": "backdoor-not-removed",
+                "degraded": "defense-degraded"}
 
 
 @dataclass
@@ -114,15 +119,17 @@ def _result(o: GateOutcome, rule: str, text: str, key: str) -> dict[str, Any]:
 
 
 def sarif_log(o: GateOutcome, version: str) -> dict[str, Any]:
-    """SARIF 2.1.0: one result per failing clause and per method judged `superficial` or
-    `not_removed`, located at the checkpoint, so code-scanning views list them."""
+    """SARIF 2.1.0: one result per failing clause and per method judged `superficial`,
+    `not_removed` or `degraded`, located at the checkpoint, so code-scanning views list
+    them."""
     results = [_result(o, "gate-clause-failed", clause_message(c), c["expr"])
                for c in o.clauses if not c.get("passed")]
     for m in o.methods:
         rule = VERDICT_RULE.get(m.get("verdict", ""))
         if rule is None:
             continue
-        text = (f"{m['key']}: {m['verdict']} (O-ASR {_num(m.get('o_asr'))}, P-ASR "
+        text = (f"{m['key']}: {m['verdict']} (O-C-Acc {_num(m.get('o_cacc'))}, accuracy drop "
+                f"{_num(m.get('acc_drop'))}, O-ASR {_num(m.get('o_asr'))}, P-ASR "
                 f"{_num(m.get('p_asr'))}, baseline P-ASR {_num(m.get('baseline_p_asr'))}, "
                 f"max gap {_num(m.get('max_gap'))})")
         results.append(_result(o, rule, text, m["key"]))
@@ -149,8 +156,9 @@ def summary(o: GateOutcome) -> dict[str, Any]:
             "passed": o.gate.get("passed") if o.report is not None else None,
             "error": o.error, "headline": (o.report or {}).get("headline"),
             "clauses": o.clauses,
-            "methods": [{k: m.get(k) for k in ("key", "verdict", "o_cacc", "o_asr", "p_asr",
-                                               "baseline_p_asr", "max_gap")} for m in o.methods]}
+            "methods": [{k: m.get(k) for k in ("key", "verdict", "o_cacc", "acc_drop", "o_asr",
+                                               "p_asr", "baseline_p_asr", "max_gap")}
+                        for m in o.methods]}
 
 
 def write_atomic(path: Path, text: str) -> None:

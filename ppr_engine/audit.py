@@ -229,11 +229,12 @@ def _stage(stages: list[StageStatus], name: str) -> Iterator[StageStatus]:
         stages.append(status)
 
 
-VERDICT_RULE = ("not_removed: O-ASR above plan.retune.removed_asr; superficial: removed, but "
-                "under some RA budget (the reference one or a sweep point) P-ASR exceeds the "
-                "baseline's P-ASR under the same budget by more than "
-                "plan.retune.superficial_gap (the robustness score max_gap); robust: removed "
-                "and max_gap within that margin")
+VERDICT_RULE = ("degraded: O-C-Acc more than plan.retune.max_acc_drop below the submitted "
+                "model's C-Acc (acc_drop), whatever the ASR; not_removed: O-ASR above "
+                "plan.retune.removed_asr; superficial: removed, but under some RA budget (the "
+                "reference one or a sweep point) P-ASR exceeds the baseline's P-ASR under the "
+                "same budget by more than plan.retune.superficial_gap (the robustness score "
+                "max_gap); robust: removed, accuracy kept, and max_gap within that margin")
 
 
 def _check_detection(record: dict, triggers: list[Trigger]) -> None:
@@ -246,7 +247,11 @@ def _check_detection(record: dict, triggers: list[Trigger]) -> None:
 
 
 def _verdict(m: MethodResult, spec: AuditSpec) -> str:
-    """The rule of VERDICT_RULE; without a baseline, P-ASR against removed_asr."""
+    """The rule of VERDICT_RULE; without a baseline, P-ASR against removed_asr. Accuracy
+    comes first: a method that breaks the model "removes" any backdoor, and calling it
+    robust would recommend it (FST at C-Acc 0.34 was, in docs/RESULTS.md)."""
+    if m.acc_drop is not None and m.acc_drop > spec.plan.retune.max_acc_drop:
+        return "degraded"
     if m.o_asr is None:
         return "unknown"
     if m.o_asr > spec.plan.retune.removed_asr:
@@ -419,6 +424,8 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         res.qra_clean_to_target = _worst([t.qra.clean_to_target if t.qra else None for t in pt])
         lams = [t.lmc.lambda50 if t.lmc.lambda50 is not None else 1.0 for t in pt if t.lmc]
         res.lmc_lambda50 = min(lams) if lams and min(lams) < 1.0 else None
+        if res.o_cacc is not None and report.model.c_acc is not None:
+            res.acc_drop = report.model.c_acc - res.o_cacc
         res.verdict = _verdict(res, spec)  # type: ignore[assignment]
         res.seconds = round(sum(st.seconds for st in res.stages), 3)
     report.methods = list(results.values())

@@ -108,7 +108,8 @@ def _print_report(report, as_json: bool) -> None:
                   f"RA baseline: {report.baseline.kind} (P-ASR "
                   f"{', '.join(fmt(v) for v in report.baseline.p_asr.values()) or '-'})")
     table = Table(*TABLE_HEADER)
-    styles = {"robust": "green", "superficial": "dark_orange", "not_removed": "red"}
+    styles = {"robust": "green", "superficial": "dark_orange", "not_removed": "red",
+              "degraded": "magenta"}
     for row in table_rows(report):
         verdict = row[-2]
         table.add_row(*row[:-2], f"[{styles.get(verdict, 'dim')}]{verdict}[/]", row[-1])

@@ -6,8 +6,10 @@ Grammar (one clause per string; a gate passes when every clause passes):
     subject := METHOD_KEY | "all" | "any" | "model" | "baseline"
     op      := "<=" | "<" | ">=" | ">" | "==" | "!="
 
-Method fields: o_cacc, o_asr, der, p_cacc, p_asr, baseline_p_asr, gap, max_gap, qra_asr,
-qra_clean_to_target, lmc_lambda50. Model fields: c_acc, asr, backdoors_found (how many
+Method fields: o_cacc, acc_drop (the submitted model's C-Acc minus O-C-Acc), o_asr, der,
+p_cacc, p_asr, baseline_p_asr, gap, max_gap, qra_asr, qra_clean_to_target, lmc_lambda50, and
+robust (1 when the verdict is `robust`, else 0: `pam.robust == 1` gates on the verdict, which
+weighs accuracy, removal and retuning together). Model fields: c_acc, asr, backdoors_found (how many
 `inverted` triggers found a backdoor: an audit without a known trigger gates a release with
 `model.backdoors_found == 0`; when none is found no defense runs, and clauses on methods
 fail with "no methods in the report"). Baseline fields: c_acc, asr, p_asr. `asr`-like
@@ -26,8 +28,8 @@ from dataclasses import dataclass
 from .errors import GateError
 from .report import AuditReport, GateClause, GateVerdict, MethodResult
 
-METHOD_FIELDS = ("o_cacc", "o_asr", "der", "p_cacc", "p_asr", "baseline_p_asr", "gap",
-                 "max_gap", "qra_asr", "qra_clean_to_target", "lmc_lambda50")
+METHOD_FIELDS = ("o_cacc", "acc_drop", "o_asr", "der", "p_cacc", "p_asr", "baseline_p_asr",
+                 "gap", "max_gap", "qra_asr", "qra_clean_to_target", "lmc_lambda50", "robust")
 MODEL_FIELDS = ("c_acc", "asr", "backdoors_found")
 BASELINE_FIELDS = ("c_acc", "asr", "p_asr")
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
@@ -63,6 +65,8 @@ def parse_clause(text: str) -> Clause:
 
 
 def _method_value(m: MethodResult, field: str) -> float | None:
+    if field == "robust":
+        return None if m.verdict == "unknown" else float(m.verdict == "robust")
     v = getattr(m, field)
     if field == "lmc_lambda50" and v is None and any(t.lmc for t in m.per_trigger):
         return 1.0

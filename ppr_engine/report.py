@@ -86,10 +86,12 @@ class MethodResult(Scores):
     method: str
     params: dict[str, Any] = Field(default_factory=dict)
     o_cacc: float | None = None
+    acc_drop: float | None = Field(None, description="the submitted model's C-Acc minus "
+                                   "O-C-Acc: what the defense cost in clean accuracy")
     qra_asr: float | None = None
     qra_clean_to_target: float | None = None
     lmc_lambda50: float | None = None
-    verdict: Literal["robust", "superficial", "not_removed", "unknown"] = "unknown"
+    verdict: Literal["robust", "superficial", "not_removed", "degraded", "unknown"] = "unknown"
     per_trigger: list[TriggerResult] = Field(default_factory=list)
     record: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageStatus] = Field(default_factory=list)
@@ -287,7 +289,7 @@ def _defense_headline(report: AuditReport) -> str:
         return (f"No defense was run: the submitted model has C-Acc {fmt(report.model.c_acc, 2)}"
                 f" and ASR {fmt(bd, 2)}.")
     by = {v: [m for m in report.methods if m.verdict == v]
-          for v in ("superficial", "not_removed", "robust", "unknown")}
+          for v in ("superficial", "not_removed", "degraded", "robust", "unknown")}
     parts = []
     if by["superficial"]:
         names = [display_name(m.key) for m in by["superficial"]]
@@ -308,6 +310,12 @@ def _defense_headline(report: AuditReport) -> str:
         worst_o = max((m.o_asr for m in by["not_removed"] if m.o_asr is not None), default=None)
         parts.append(f"{_names(names)} {'does' if len(names) == 1 else 'do'} not remove it "
                      f"(O-ASR up to {fmt(worst_o, 2)})")
+    if by["degraded"]:
+        worst = max(by["degraded"], key=lambda m: m.acc_drop or 0.0)
+        names = [display_name(m.key) for m in by["degraded"]]
+        parts.append(f"{_names(names)} {'breaks' if len(names) == 1 else 'break'} the model "
+                     f"(C-Acc down by up to {fmt(worst.acc_drop, 2)}, to "
+                     f"{fmt(worst.o_cacc, 2)}): degraded, whatever the ASR")
     if by["robust"]:
         names = [display_name(m.key) for m in by["robust"]]
         gap = _retune_spec(report).get("superficial_gap")
@@ -324,13 +332,16 @@ def _defense_headline(report: AuditReport) -> str:
 
 
 VERDICT_COLORS = {"robust": "#17803d", "superficial": "#b35c00", "not_removed": "#c0262d",
-                  "unknown": "#666666"}
-VERDICT_MARKS = {"robust": "🟢", "superficial": "🟠", "not_removed": "🔴", "unknown": "⚪"}
+                  "degraded": "#6b3fa0", "unknown": "#666666"}
+VERDICT_MARKS = {"robust": "🟢", "superficial": "🟠", "not_removed": "🔴", "degraded": "🟣",
+                 "unknown": "⚪"}
 VERDICT_MEANING = {
     "robust": "the backdoor is removed and stays removed under retuning",
     "superficial": "ASR is low, but retuning with a few poisoned images brings the backdoor "
                    "back beyond the baseline",
     "not_removed": "the purified model still answers the trigger (O-ASR above the limit)",
+    "degraded": "the defense cost more clean accuracy than the limit (acc_drop above "
+                "plan.retune.max_acc_drop), whatever its ASR: the model is broken, not purified",
     "unknown": "a stage failed, so no verdict",
 }
 GLOSSARY = [
@@ -357,9 +368,9 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-TABLE_COLUMNS = [("O-C-Acc", "o_cacc"), ("O-ASR", "o_asr"), ("DER", "der"), ("P-C-Acc", "p_cacc"),
-                 ("P-ASR", "p_asr"), ("base P-ASR", "baseline_p_asr"), ("gap", "gap"),
-                 ("max gap", "max_gap"),
+TABLE_COLUMNS = [("O-C-Acc", "o_cacc"), ("acc drop", "acc_drop"), ("O-ASR", "o_asr"),
+                 ("DER", "der"), ("P-C-Acc", "p_cacc"), ("P-ASR", "p_asr"),
+                 ("base P-ASR", "baseline_p_asr"), ("gap", "gap"), ("max gap", "max_gap"),
                  ("QRA-ASR", "qra_asr"), ("LMC-l50", "lmc_lambda50")]
 
 
@@ -433,7 +444,7 @@ def to_markdown(report: AuditReport) -> str:
     out += ["| " + " | ".join(r[:-2] + [f"{VERDICT_MARKS.get(r[-2], '')} {r[-2]}", r[-1]])
             + " |" for r in table_rows(report)]
     out += ["", " ".join(f"{VERDICT_MARKS[v]} **{v}**: {VERDICT_MEANING[v]}." for v in
-                         ("robust", "superficial", "not_removed"))]
+                         ("robust", "superficial", "not_removed", "degraded"))]
     budgets, series = sweep_series(report)
     if budgets:
         out += ["", "P-ASR by retuning budget (poisoned samples, epochs):", "",

@@ -36,7 +36,9 @@ def _report(gate: list[str]) -> dict:
                      baseline_p_asr=0.1, max_gap=0.71, verdict="superficial"),
         MethodResult(key="ft", method="ft", o_cacc=0.9, o_asr=0.95, verdict="not_removed"),
         MethodResult(key="pam", method="pam", o_cacc=0.87, o_asr=0.01, p_asr=0.08,
-                     baseline_p_asr=0.1, max_gap=-0.02, verdict="robust")],
+                     baseline_p_asr=0.1, max_gap=-0.02, verdict="robust"),
+        MethodResult(key="anp", method="anp", o_cacc=0.41, acc_drop=0.49, o_asr=0.0,
+                     p_asr=0.05, baseline_p_asr=0.1, max_gap=-0.05, verdict="degraded")],
         headline="1 of 3 defenses only hides the backdoor")
     r.gate = evaluate(gate, r)
     return json.loads(r.model_dump_json())
@@ -59,7 +61,7 @@ def test_junit_has_one_case_per_clause_with_value_and_threshold(failing):
     assert cases[0].find("failure") is None
     msg = cases[1].find("failure").get("message")
     assert msg == "fst.p_asr <= 0.2: measured 0.81, required <= 0.2"
-    assert "measured [0.88, 0.9, 0.87], required >= 0.89 (failing: fst, pam)" in \
+    assert "measured [0.88, 0.9, 0.87, 0.41], required >= 0.89 (failing: fst, pam, anp)" in \
         cases[2].find("failure").get("message")
 
 
@@ -70,7 +72,10 @@ def test_sarif_reports_failing_clauses_and_hidden_backdoors(failing):
     rules = [r["id"] for r in run["tool"]["driver"]["rules"]]
     found = [(rules[r["ruleIndex"]], r["message"]["text"].split(":")[0]) for r in run["results"]]
     assert found == [("PPR001", "fst.p_asr <= 0.2"), ("PPR001", "all.o_cacc >= 0.89"),
-                     ("PPR002", "fst"), ("PPR003", "ft")]  # pam is robust: no result
+                     ("PPR002", "fst"), ("PPR003", "ft"),
+                     ("PPR004", "anp")]  # pam is robust: no result
+    degraded = run["results"][-1]["message"]["text"]
+    assert "O-C-Acc 0.41" in degraded and "accuracy drop 0.49" in degraded
     for r in run["results"]:
         assert r["ruleId"] == rules[r["ruleIndex"]]
         loc = r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]

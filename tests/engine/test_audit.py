@@ -145,6 +145,33 @@ def test_a_failed_stage_is_reported_and_the_audit_goes_on(bd_file):
     assert base.status == "failed" and "ep needs the trigger" in base.error
 
 
+def test_a_method_that_breaks_the_model_is_degraded_whatever_its_asr(bd_file):
+    """FT at a learning rate that wrecks the model: whatever its ASR, its verdict is
+    `degraded` (never robust), the headline says so, and the gate fields see it; the same
+    run with the accuracy limit lifted judges it on ASR alone, so the rule, not the method,
+    made the call."""
+    methods = [{"name": "ft", "epochs": 2, "augment": False},
+               {"name": "ft", "label": "wrecked", "epochs": 2, "lr": 1.5, "momentum": 0.9,
+                "augment": False}]
+    gate = ["wrecked.robust == 1", "wrecked.acc_drop <= 0.05", "ft.acc_drop <= 0.05"]
+    raw = _quick_spec(methods=methods, qra={"enabled": False}, lmc={"enabled": False}
+                      ).model_dump(mode="json")
+    raw["plan"]["retune"]["sweep"] = []
+    r = audit.run(validate_spec({**raw, "gate": gate}), bd_file).report
+    wrecked, ft = r.method("wrecked"), r.method("ft")
+    assert wrecked.acc_drop == pytest.approx(r.model.c_acc - wrecked.o_cacc)
+    assert wrecked.acc_drop > 0.3, wrecked.o_cacc
+    assert wrecked.verdict == "degraded" and ft.verdict != "degraded", ft.acc_drop
+    assert "WRECKED breaks the model" in r.headline and "degraded" in r.verdict_rule
+    assert [c.passed for c in r.gate.clauses] == [False, False, True]
+    assert "degraded" in to_markdown(r) and "v-degraded" in to_html(r)
+    raw["plan"]["retune"]["max_acc_drop"] = 1.0
+    raw["plan"]["methods"] = methods[1:]
+    lifted = audit.run(validate_spec(raw), bd_file).report.method("wrecked")
+    assert lifted.verdict in ("robust", "superficial", "not_removed")
+    assert lifted.o_cacc == pytest.approx(wrecked.o_cacc)
+
+
 def test_empty_plan_audits_the_submitted_model_as_it_is(bd_file):
     spec = _quick_spec(methods=[], lmc={"enabled": False})
     report = audit.run(spec, bd_file).report
