@@ -3,12 +3,13 @@
 For each (attack, target, seed): poison 10% of a synthetic training set, train small_cnn,
 then run one round of BTI-DBF's inversion (the demo's CPU-scale settings) on a defender's
 set of 900 images and record the detected class, the generator's share (the share of
-non-target images it sends there), the smallest-trigger scan that verifies it, whether it is
-the true target, and (outside the rule) the class clean unlearning collapses onto. Models
+non-target images it sends there), every smallest-trigger scan (patch, warp, additive), and
+for each set of scans whether the detection would be confident, and whether it is the true
+target (the unlearning collapse of an earlier table is no longer run). Models
 trained clean (`clean`, `clean_hard` on the SIG/WaNet data) have no target: any confident
 detection there is a false alarm.
-Run: `python bench/bti_detection.py [--attacks sig wanet] [--seeds 0] [--tag T]` (about 90
-s per run on one core; the result files are rewritten after every run).
+Run: `python bench/bti_detection.py [--attacks sig wanet] [--seeds 0] [--tag T]` (about 3
+minutes per run on one core; the result files are rewritten after every run).
 
 `--cifar ARCHIVE [--cache DIR]`: the same on real data at CPU scale: small_cnn trained on
 20,000 CIFAR-10 training images (the recipe of `cifar10_fidelity.py --scale cpu`: 30 epochs,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,12 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, write  # noqa: E402
-from ppr_engine import attacks, data, metrics, models, train  # noqa: E402
+from ppr_engine import attacks, data, metrics, models, train  # noqa: E402,F401
 from ppr_engine.backdoor import BackdoorRecipe, make_backdoor  # noqa: E402
 from ppr_engine.defenses import DefenseContext  # noqa: E402
-from ppr_engine.defenses.bti import InversionParams, invert  # noqa: E402
-from ppr_engine.defenses.tsbd import TSBDParams, clean_unlearn  # noqa: E402
 from ppr_engine.demo import DEMO_INVERSION  # noqa: E402
+from ppr_engine.inversion import FAMILIES, InversionParams, Scan, ScanParams, invert  # noqa: E402
 
 # The implant settings of tests/engine/test_attacks.py: WaNet with s = 1 and no noise-mode
 # samples, SIG and WaNet on the harder synthetic data (noise 0.8), where they implant.
@@ -78,6 +79,14 @@ def cifar_model(attack: str, target: int, seed: int, device: torch.device,
     return bd.model, None if clean_run else bd.asr, clean
 
 
+# the scan families of the bench: every family is run once per model; the rule is then
+# evaluated for each subset (RULES), so one run shows what each family adds and costs
+BENCH_INVERSION = {**DEMO_INVERSION, "scan": {**DEMO_INVERSION["scan"], "exhaustive": True,
+                                               "families": list(FAMILIES)}}
+RULES = {"patch": ("patch",), "patch+warp": ("patch", "warp"),
+         "patch+additive": ("patch", "additive"), "all": FAMILIES}
+
+
 def run_one(attack: str, target: int | None, seed: int, device: torch.device,
             cifar: tuple[dict[str, str], int] | None = None) -> dict:
     """Train one model and invert it (target None: a model trained clean)."""
@@ -86,32 +95,20 @@ def run_one(attack: str, target: int | None, seed: int, device: torch.device,
     train_part, val = data.train_val(clean, 0.1, seed=seed)
     start = time.perf_counter()
     ctx = DefenseContext(train_part, val, device, seed=seed)
-    det = invert(model, ctx, InversionParams(**DEMO_INVERSION)).detection
-    collapse_target, collapse_share = unlearning_collapse(model, ctx)
-    return {"attack": attack, "target": target, "seed": seed,
-            "asr": round(asr, 3) if asr is not None else None,
-            "detected": det.target, "correct": det.target == target,
-            "confidence": round(det.confidence, 3), "margin": round(det.margin, 3),
-            "generator_confident": det.generator_confident, "verified": det.verified,
-            "confident": det.confident, "scan_smallest": det.scan.smallest,
-            "scan_ratio": round(det.scan.ratio, 3), "collapse_target": collapse_target,
-            "collapse_share": round(collapse_share, 3),
-            "seconds": round(time.perf_counter() - start, 1)}
-
-
-def unlearning_collapse(model, ctx: DefenseContext) -> tuple[int, float]:
-    """A candidate third test, recorded beside the detection and not part of it: unlearn a
-    copy on the defender's images (TSBD's clean unlearning at lr 1e-3, batch 128, until clean
-    accuracy <= 10%, at most 50 epochs), then the class it sends the largest share of other
-    classes' images to, and that share (docs/RESULTS.md says why it stays out of the rule)."""
-    ul, _ = clean_unlearn(model, ctx, TSBDParams(unlearn_lr=1e-3, batch_size=128,
-                                                 unlearn_acc=0.1, max_unlearn_epochs=50))
-    pred, y = train.predict(ul, ctx.clean), ctx.clean.y.cpu()
-    k = models.head_of(model).out_features
-    shares = [float(((pred == c) & (y != c)).sum()) / max(1, int((y != c).sum()))
-              for c in range(k)]
-    top = max(range(k), key=shares.__getitem__)
-    return top, shares[top]
+    det = invert(model, ctx, InversionParams(**BENCH_INVERSION)).detection
+    row = {"attack": attack, "target": target, "seed": seed,
+           "asr": round(asr, 3) if asr is not None else None,
+           "detected": det.target, "correct": det.target == target,
+           "confidence": round(det.confidence, 3), "margin": round(det.margin, 3),
+           "generator_confident": det.generator_confident,
+           "scans": {r.family: {"smallest": r.smallest, "ratio": round(r.ratio, 3),
+                                "anomalous": r.anomalous} for r in det.scan.results},
+           "seconds": round(time.perf_counter() - start, 1)}
+    for name, families in RULES.items():
+        sub = replace(det, scan=Scan([r for r in det.scan.results if r.family in families]))
+        row[f"confident:{name}"] = sub.confident
+    row["confident"] = row["confident:" + "+".join(ScanParams().families)]
+    return row
 
 
 def _mark(r: dict) -> str:
@@ -119,33 +116,39 @@ def _mark(r: dict) -> str:
     return f"{r['detected']} ({r['confidence']:.2f}" + (")" if r["generator_confident"] else "*)")
 
 
+def _flag(r: dict, family: str) -> str:
+    s = r["scans"][family]
+    return f"{s['smallest']} ({s['ratio']:.2f}{'!' if s['anomalous'] else ''})"
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per (attack, target), the tests and the verdict per seed."""
-    out = ["| attack | target | backdoor ASR (min) | generator: class (share) | scan: smallest "
-           "(ratio) | confident | confident and right | confidently wrong (clean: false "
-           "alarms): generator alone / verified | not in the rule: unlearning collapse, "
-           "class (share) |", "|" + "---|" * 9]
+    """Markdown: one line per (attack, target): the generator, each scan, and for each rule
+    (which scans verify) the runs confident and right and the runs confidently wrong (on
+    clean models: false alarms)."""
+    rules = [n for n in RULES if any(f"confident:{n}" in r for r in rows)]
+    out = ["| attack | target | ASR (min) | generator: class (share) | patch | additive | warp | "
+           + " | ".join(f"{n}: right / wrong" for n in rules) + " | generator alone: wrong |",
+           "|" + "---|" * (8 + len(rules))]
     for attack in ATTACKS:
         for t in (None,) if attack.startswith("clean") else TARGETS:
             rs = [r for r in rows if r["attack"] == attack and r["target"] == t]
             if not rs:
                 continue
             asr = "-" if t is None else f"{min(r['asr'] for r in rs):.2f}"
-            wrong_gen = sum(r["generator_confident"] and not r["correct"] for r in rs)
-            wrong_ver = sum(r["confident"] and not r["correct"] for r in rs)
-            right = sum(r["confident"] and r["correct"] for r in rs)
-            out.append(
-                f"| {attack} | {'-' if t is None else t} | {asr} | "
-                + ", ".join(_mark(r) for r in rs) + " | "
-                + ", ".join(f"{r['scan_smallest']} ({r['scan_ratio']:.2f})" for r in rs) + " | "
-                + ", ".join("yes" if r["confident"] else "no" for r in rs)
-                + (" | - | " if t is None else f" | {right}/{len(rs)} | ")
-                + f"{wrong_gen} / {wrong_ver} | "
-                + ", ".join(f"{r['collapse_target']} ({r['collapse_share']:.2f})" for r in rs)
-                + " |")
-    return "\n".join(out) + ("\n\n`*`: the generator's share is below `min_confidence` "
-                              "(0.5). Confident: the share reaches it and the scan's smallest "
-                              "class is the generator's, at or below its ratio bound.\n")
+            cells = [", ".join(_flag(r, fam) for r in rs) for fam in FAMILIES]
+            per_rule = []
+            for n in rules:
+                right = sum(r[f"confident:{n}"] and r["correct"] for r in rs)
+                wrong = sum(r[f"confident:{n}"] and not r["correct"] for r in rs)
+                per_rule.append(f"{'-' if t is None else right} / {wrong}")
+            gen_wrong = sum(r["generator_confident"] and not r["correct"] for r in rs)
+            out.append(f"| {attack} | {'-' if t is None else t} | {asr} | "
+                       + ", ".join(_mark(r) for r in rs) + " | " + " | ".join(cells) + " | "
+                       + " | ".join(per_rule) + f" | {gen_wrong} |")
+    return "\n".join(out) + ("\n\n`*`: the generator's share is below `min_confidence` (0.5); "
+                              "scans: smallest class (ratio), `!` anomalous (ratio <= 0.5). A "
+                              "rule is confident when the share reaches 0.5 and one of its scans "
+                              "flags the generator's class.\n")
 
 
 def main() -> None:
@@ -179,13 +182,14 @@ def main() -> None:
                     "what": "BTI-DBF detection, small_cnn, "
                             + ("CIFAR-10 at CPU scale" if cifar else "synthetic")
                             + ", 10% poisoning",
-                    "inversion": InversionParams(**DEMO_INVERSION).model_dump(),
+                    "inversion": InversionParams(**BENCH_INVERSION).model_dump(),
                     "rows": rows,
                     "correct": sum(r["correct"] for r in rows), "runs": len(rows),
                     "confidently_wrong": {
                         "generator_alone": sum(r["generator_confident"] and not r["correct"]
                                                for r in rows),
-                        "verified": sum(r["confident"] and not r["correct"] for r in rows)}})
+                        **{n: sum(r[f"confident:{n}"] and not r["correct"] for r in rows)
+                           for n in RULES}}})
 
 
 if __name__ == "__main__":

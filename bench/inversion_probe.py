@@ -2,8 +2,9 @@
 inversion settings against one backdoored checkpoint, recording what the generator found.
 
 For each variant (a JSON object of `InversionParams` overrides): the detected class, the
-confidence (share of non-target images G sends there), the share of generator steps held
-back by the pixel or feature bound, and the real trigger's ASR on the same images (what a
+confidence (share of non-target images G sends there), the round's record (E[phi^2], the
+share of generator steps held back by the pixel or by the feature bound, the mean
+backdoor-feature distance), and the real trigger's ASR on the same images (what a
 perfect inversion would reach). Issue 8: on CIFAR-10 the inversion found BadNets' class
 with confidence 0.19-0.33 (docs/RESULTS.md); this tells a bound that pins G from a
 generator that cannot draw the patch.
@@ -31,8 +32,7 @@ from bench.common import write  # noqa: E402
 from ppr_engine import data, metrics, models  # noqa: E402
 from ppr_engine.attacks import build_trigger, triggered_test  # noqa: E402
 from ppr_engine.checkpoint import load_model  # noqa: E402
-from ppr_engine.defenses import DefenseContext  # noqa: E402
-from ppr_engine.defenses.bti import InversionParams, invert  # noqa: E402
+from ppr_engine.inversion import InversionContext, InversionParams, invert  # noqa: E402
 
 
 def main() -> None:
@@ -59,14 +59,15 @@ def main() -> None:
         overrides = json.loads(text)
         params = InversionParams(**{**base, **overrides})
         start = time.perf_counter()
-        inverter = invert(model, DefenseContext(train, val, device, seed=0), params)
+        inverter = invert(model, InversionContext(train, val, device, seed=0), params)
         det = inverter.detection
         rows.append({"variant": overrides,
-                     "bounds": params.model_dump(include={"feat_bound", "norm_bound",
-                                                          "gen_output"}),
+                     "bounds": params.model_dump(include={"feat_bound", "feat_bound_units",
+                                                          "norm_bound", "gen_output"}),
                      "detected": det.target,
                      "correct": det.target == a.target, "confidence": round(det.confidence, 3),
-                     "margin": round(det.margin, 3), "fallback_share": inverter.fallback_shares[0],
+                     "margin": round(det.margin, 3),
+                     "round": inverter.record()["inversion_rounds"][0],
                      "seconds": round(time.perf_counter() - start, 1)})
         print(rows[-1], flush=True)
         write(f"inversion_probe-{a.tag}", {

@@ -22,6 +22,7 @@ from torch import nn
 from . import __version__, data, models
 from .attacks import Trigger, triggered_test
 from .checkpoint import load_model, sha256_file
+from .cost import Sizes, total_work
 from .data import ImageSet
 from .defenses import DefenseContext, purify
 from .errors import Cancelled, SpecError
@@ -194,7 +195,7 @@ def attacker_images(spec: AuditSpec) -> int:
     rs, q = spec.plan.retune, spec.plan.qra
     need = rs.poison_num + rs.clean_num if rs.enabled else 0
     if rs.enabled:
-        need = max([need] + [pn for pn, _ in rs.sweep])
+        need = max([need] + [b.poison_num + (b.clean_num or 0) for b in rs.sweep])
     if q.enabled:
         need = max(need, q.clean_num + q.poison_num)
     return need
@@ -270,9 +271,11 @@ def _worst(values: list[float | None]) -> float | None:
 
 def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         progress: ProgressSink = _quiet, resolve_dataset=None, roots: list[Path] | None = None,
-        max_checkpoint_bytes: int | None = None, checkpoint_name: str | None = None
-        ) -> AuditOutcome:
-    """Run the audit `spec` on the checkpoint at `checkpoint`; never modifies it."""
+        max_checkpoint_bytes: int | None = None, checkpoint_name: str | None = None,
+        max_work: float | None = None) -> AuditOutcome:
+    """Run the audit `spec` on the checkpoint at `checkpoint`; never modifies it. With
+    `max_work` (a service's cap), a spec whose estimated work on the loaded data exceeds it
+    is refused before any work starts."""
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     device = pick_device(spec.device)
@@ -286,6 +289,12 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
     load_kw = {"max_bytes": max_checkpoint_bytes} if max_checkpoint_bytes else {}
     bd = load_model(checkpoint, spec.model.arch, spec.model.num_classes, **load_kw).to(device)
     d, data_prov = _load_data(spec, resolve_dataset, roots, device)
+    if max_work is not None:
+        work = total_work(spec, Sizes(len(d.clean_train), len(d.test), len(d.pool),
+                                      spec.model.num_classes))
+        if work > max_work:
+            raise SpecError(f"spec asks too much: the audit's estimated work on these data "
+                            f"is {work:.3g} image passes, the limit is {max_work:.3g}")
     report.provenance = Provenance(
         checkpoint_sha256=sha256_file(checkpoint),
         checkpoint_name=checkpoint_name or checkpoint.name,
@@ -331,6 +340,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         res = MethodResult(key=ms.key, method=ms.name, params=ms.parsed().model_dump())
         results[ms.key] = res
         ctx.progress = tracker.sub(f"purify:{ms.key}")
+        ctx.progress(f"purify:{ms.key}: starting", 0.0)
         with _stage(res.stages, "purify"):
             out = purify(ms.name, bd, ctx, ms.parsed())
             purified[ms.key] = out.model
@@ -369,7 +379,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
                     tr.baseline_p_asr = base_info.p_asr.get(lbl)
                     if tr.baseline_p_asr is not None:
                         tr.gap = tr.p_asr - tr.baseline_p_asr
-                    tr.sweep = _sweep(model, d, i, spec, device)
+                    tr.sweep = _sweep(model, d, i, spec, device, tracker.sub(f"retune:{key}"))
                     for point, base in zip(tr.sweep, base_info.sweep.get(lbl, []),
                                            strict=False):
                         point.baseline_p_asr = base.p_asr
@@ -472,20 +482,23 @@ def _baseline(spec: AuditSpec, bd: nn.Module, purified: dict[str, nn.Module],
                 info.asr[lbl] = attack_success_rate(model, tt, t.target)
                 if plan.retune.enabled and plan.retune.baseline:
                     rset = d.retune_set(i, plan.retune.poison_num, plan.retune.clean_num)
-                    retuned = retune(model, rset, plan.retune, device=ctx.device)
+                    step = tracker.sub("baseline")
+                    retuned = retune(model, rset, plan.retune, device=ctx.device, progress=step)
                     info.p_asr[lbl] = attack_success_rate(retuned, tt, t.target)
-                    info.sweep[lbl] = _sweep(model, d, i, spec, ctx.device)
+                    info.sweep[lbl] = _sweep(model, d, i, spec, ctx.device, step)
     tracker.finish("baseline")
     return model, info
 
 
 def _sweep(model: nn.Module, d: _Data, i: int, spec: AuditSpec,
-           device: torch.device) -> list[SweepPoint]:
+           device: torch.device, progress=None) -> list[SweepPoint]:
     """P-ASR of `model` against trigger `i` over the (poisoned samples, epochs) budgets of
     the sweep, the total number of RA images held constant."""
     rs = spec.plan.retune
     total = rs.poison_num + rs.clean_num
     trig, tt = d.triggers[i], d.triggered[i]
-    return [SweepPoint(poison_num=pn, epochs=ep, p_asr=attack_success_rate(
-        retune(model, d.retune_set(i, pn, max(0, total - pn)), rs, epochs=ep, device=device),
-        tt, trig.target)) for pn, ep in rs.sweep]
+    return [SweepPoint(poison_num=b.poison_num, epochs=b.epochs, p_asr=attack_success_rate(
+        retune(model, d.retune_set(i, b.poison_num, max(0, total - b.poison_num)
+                                   if b.clean_num is None else b.clean_num),
+               rs, epochs=b.epochs, device=device, progress=progress or (lambda m, f: None)),
+        tt, trig.target)) for b in rs.sweep]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -145,12 +146,89 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str
         raise CheckpointError(f"{what} holds NaN or Inf values in: {_fmt(bad)}")
 
 
+def expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """The state dict's keys and shapes of `arch`, from a model built on the meta device
+    (no memory, milliseconds even for a 100,000-class ViT)."""
+    with torch.device("meta"):
+        model = models.create(arch, num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _safetensors_header(path: Path, shown: str) -> dict[str, tuple[int, ...]] | None:
+    """Keys and shapes from a safetensors header, read without the tensors (None: the file
+    is not safetensors)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return None
+        size = int.from_bytes(head, "little")
+        if size <= 1 or size > min(100 << 20, path.stat().st_size - 8):
+            return None
+        try:
+            header = json.loads(fh.read(size))
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(header, dict):
+        return None
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+            raise CheckpointError(f"{shown}: not a valid safetensors file: entry {key[:80]!r} "
+                                  f"has no shape")
+        out[key.removeprefix("module.")] = tuple(int(d) for d in info["shape"])
+    return out
+
+
+def precheck(path: Path, arch: str, num_classes: int, *, max_bytes: int = DEFAULT_MAX_BYTES,
+             name: str | None = None) -> None:
+    """Refuse a checkpoint that cannot fit `arch` before building the model: the file's
+    size against the parameters' smallest encoding (2 bytes each), and a safetensors
+    header's keys and shapes against the architecture's."""
+    path = Path(path)
+    shown = Path(name).name if name else path.name
+    expected = expected_shapes(arch, num_classes)  # an unknown architecture is named first
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {shown} does not exist")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise CheckpointError(f"{shown} is {size} bytes, over the limit of {max_bytes}")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    header = _safetensors_header(path, shown)
+    if header is None and Path(shown).suffix.lower() == ".safetensors":
+        raise CheckpointError(f"{shown}: not a valid safetensors file: its header cannot be "
+                              "read (truncated, or another format)")
+    if header is None and not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise CheckpointError(f"{shown}: not a readable checkpoint (expected safetensors, or a "
+                              "PyTorch .pt/.pth/.bin file)")
+    if header is not None:
+        missing = sorted(set(expected) - set(header))
+        unexpected = sorted(set(header) - set(expected))
+        mismatched = sorted(f"{k} {header[k]} != {v}" for k, v in expected.items()
+                            if k in header and header[k] != v)
+        if missing or unexpected or mismatched:
+            parts = [f"{what}: {_fmt(keys)}" for what, keys in (
+                ("missing keys", missing), ("unexpected keys", unexpected),
+                ("mismatched shapes", mismatched)) if keys]
+            raise CheckpointError(f"{shown} does not fit architecture {arch}: "
+                                  + "; ".join(parts))
+    numel = sum(math.prod(s) for s in expected.values())
+    if size < 2 * numel:
+        raise CheckpointError(f"{shown} is {size} bytes, too small for {arch} with "
+                              f"{num_classes} classes ({numel} values, at least {2 * numel} "
+                              f"bytes)")
+
+
 def load_model(path: Path, arch: str, num_classes: int, *,
                max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> nn.Module:
     """Build `arch` and load the checkpoint at `path` into it, strictly and safely (`name`:
-    the file name to show and to take the format from, see read_state_dict)."""
-    model = models.create(arch, num_classes)
+    the file name to show and to take the format from, see read_state_dict). The cheap
+    checks (`precheck`) come first, so a checkpoint that cannot fit costs no model."""
+    precheck(path, arch, num_classes, max_bytes=max_bytes, name=name)
     state = read_state_dict(Path(path), max_bytes, name)
+    model = models.create(arch, num_classes)
     check_state_dict(model, state, Path(name).name if name else Path(path).name)
     model.load_state_dict(state, strict=True)
     return model.eval()

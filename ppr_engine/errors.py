@@ -31,3 +31,7 @@ class GateError(InputError):
 
 class Cancelled(PPRError):
     """The job was cancelled between two steps."""
+
+
+class TimeLimitExceeded(Cancelled):
+    """The job outlived its time limit and stopped at its next progress report."""

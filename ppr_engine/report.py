@@ -220,10 +220,12 @@ def detection_notes(report: AuditReport) -> list[tuple[str, bool]]:
             text += ("; the audit's trigger targets class " + ", ".join(map(str, truth)) + ": "
                      + ("the detection is right" if det["target"] in truth
                         else "the detection is WRONG"))
-        shares = m.record.get("fallback_shares")
-        if shares:
-            text += ("; the generator spent " + ", ".join(f"{s:.0%}" for s in shares)
-                     + " of its steps (by round) held back by the pixel or feature bound")
+        rounds = m.record.get("inversion_rounds")
+        if rounds:
+            text += ("; the generator spent " + ", ".join(
+                f"{r['held_back']:.0%} (pixel {r['held_back_pixel']:.0%}, feature "
+                f"{r['held_back_feature']:.0%})" for r in rounds)
+                + " of its steps (by round) held back by the pixel or feature bound")
         notes.append((text + ".", bool(det["confident"])))
     return notes
 

@@ -8,7 +8,7 @@ parameters, are validated against the registries. YAML and JSON are equivalent.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from .bounds import budget, seed_field
 from .errors import SpecError
 
 
@@ -27,13 +28,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_Unit = Annotated[float, Field(ge=0, le=1)]  # a per-channel mean in [0, 1]
+_Std = Annotated[float, Field(gt=0, le=10)]
+
+
 class ModelSpec(_Strict):
     """The submitted model's architecture (normalization from the registry unless given)."""
 
     arch: str = Field("preact_resnet18", description="registered architecture name")
     num_classes: int = Field(10, ge=2, le=100_000)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[_Unit, _Unit, _Unit] | None = None
+    std: tuple[_Std, _Std, _Std] | None = None
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
@@ -70,7 +75,7 @@ class TriggerSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     attack: str = Field(..., examples=["badnets"])
-    target: int | None = Field(None, ge=0, description="target class (default 0); an "
+    target: int | None = Field(None, ge=0, le=99_999, description="target class (default 0); an "
                                "`inverted` trigger takes none: the inversion finds it")
 
     def params(self) -> dict[str, Any]:
@@ -84,6 +89,12 @@ class TriggerSpec(BaseModel):
 
         ATTACKS.get(self.attack).parse(self.params())
         return self
+
+    def parsed(self) -> BaseModel:
+        """The validated parameter model."""
+        from .attacks import ATTACKS
+
+        return ATTACKS.get(self.attack).parse(self.params())
 
     def build(self):
         """The Trigger object this spec describes."""
@@ -130,20 +141,42 @@ class MethodSpec(BaseModel):
         return DEFENSES.get(self.name).parse(self.params())
 
 
+class SweepBudget(_Strict):
+    """One further RA budget: `poison_num` poisoned and `clean_num` clean samples (default:
+    the reference budget's total, the rest clean) for `epochs` epochs."""
+
+    poison_num: int = budget("images", 20, ge=0)
+    epochs: int = budget("epochs", 5)
+    clean_num: int | None = budget("images", None, ge=0, description="default: the "
+                                   "reference budget's total minus poison_num")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair(cls, data: Any) -> Any:
+        if isinstance(data, list | tuple):
+            if len(data) != 2:
+                raise ValueError("a sweep point is [poison_num, epochs]")
+            return {"poison_num": data[0], "epochs": data[1]}
+        return data
+
+
 class RetuneSpec(_Strict):
     """Retuning Attack budget (METHODS.md §4 reference: 5 poisoned + 995 clean, 5 epochs)."""
 
     enabled: bool = True
-    poison_num: int = Field(5, ge=0, description="poisoned samples (labelled target)")
-    clean_num: int = Field(995, ge=0, description="clean samples")
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(0.01, gt=0)
+    poison_num: int = budget("images", 5, ge=0, description="poisoned samples (labelled "
+                             "target)")
+    clean_num: int = budget("images", 995, ge=0, description="clean samples")
+    epochs: int = budget("epochs", 5)
+    lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(128, ge=1)
-    seed: int = Field(1000, description="RA's own seed, different from the defender's")
-    sweep: list[tuple[int, int]] = Field(default_factory=lambda: [(20, 5), (50, 5)],
-                                         description="(poison_num, epochs) pairs for a P-ASR "
-                                         "curve; each point feeds the verdict (max_gap)")
+    batch_size: int = budget("batch", 128)
+    seed: int = seed_field(1000, "RA's own seed, different from the defender's")
+    sweep: list[SweepBudget] = Field(
+        default_factory=lambda: [SweepBudget(poison_num=20, epochs=5),
+                                 SweepBudget(poison_num=50, epochs=5)], max_length=64,
+        description="further RA budgets for a P-ASR curve, each {poison_num, epochs} or a "
+        "[poison_num, epochs] pair; each point feeds the verdict (max_gap)")
     baseline: bool = Field(True, description="run the same budget on the baseline model")
     removed_asr: float = Field(0.2, ge=0, le=1, description="O-ASR at or below this counts "
                                "as removed")
@@ -161,14 +194,14 @@ class QRASpec(_Strict):
 
     enabled: bool = True
     eps: float = Field(16.0, gt=0, le=255, description="L-inf radius in 8-bit units")
-    alpha: float = Field(0.2, ge=0, description="weight of the KL term")
-    epochs: int = Field(50, ge=1)
-    lr: float = Field(0.1, gt=0)
+    alpha: float = Field(0.2, ge=0, le=1000, description="weight of the KL term")
+    epochs: int = budget("epochs", 50)
+    lr: float = Field(0.1, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(128, ge=1)
-    clean_num: int = Field(500, ge=1)
-    poison_num: int = Field(500, ge=1)
-    hidden: int = Field(1024, ge=8, description="generator MLP width")
+    batch_size: int = budget("batch", 128)
+    clean_num: int = budget("images", 500)
+    poison_num: int = budget("images", 500)
+    hidden: int = budget("width", 1024, ge=8, description="generator MLP width")
     transfer: bool = Field(True, description="apply each method's delta to the others")
 
 
@@ -176,15 +209,15 @@ class LMCSpec(_Strict):
     """Backdoor-connected path settings."""
 
     enabled: bool = True
-    points: int = Field(11, ge=2, le=101)
+    points: int = budget("iterations", 11, ge=2, le=101, description="points on the path")
     bn: Literal["recompute", "interpolate"] = "recompute"
 
 
 class Plan(_Strict):
     """What the audit runs: purification methods, then RA, QRA and LMC on each."""
 
-    methods: list[MethodSpec] = Field(default_factory=list, description="empty: audit the "
-                                      "submitted model as it is")
+    methods: list[MethodSpec] = Field(default_factory=list, max_length=64, description="empty: "
+                                      "audit the submitted model as it is")
     retune: RetuneSpec = Field(default_factory=RetuneSpec)
     qra: QRASpec = Field(default_factory=QRASpec)
     lmc: LMCSpec = Field(default_factory=LMCSpec)
@@ -206,8 +239,9 @@ class AuditSpec(_Strict):
     triggers: list[TriggerSpec] = Field(default_factory=list, max_length=8, description=
         "known or suspected triggers; without one, ASR, RA, QRA and LMC cannot be measured")
     plan: Plan = Field(default_factory=Plan)
-    seed: int = 0
-    gate: list[str] = Field(default_factory=list, examples=[["pam.p_asr <= 0.2"]])
+    seed: int = seed_field(0, "the audit's seed (defender's splits, initializations)")
+    gate: list[str] = Field(default_factory=list, max_length=64,
+                            examples=[["pam.p_asr <= 0.2"]])
     reference: str | None = Field(None, description="path of a benign reference checkpoint "
                                   "(a model trained clean) for RA's baseline and QRA; "
                                   "default: the EP model")
@@ -244,6 +278,8 @@ def load_spec(source: str | Path | dict[str, Any]) -> AuditSpec:
             raw = yaml.safe_load(str(text))
         except yaml.YAMLError as exc:
             raise SpecError(f"spec is not valid YAML/JSON: {exc}") from None
+        except RecursionError:
+            raise SpecError("spec is nested too deeply to be a spec") from None
     if not isinstance(raw, dict):
         raise SpecError("spec must be a mapping (YAML or JSON object)")
     return validate_spec(raw)
@@ -255,6 +291,8 @@ def validate_spec(raw: dict[str, Any]) -> AuditSpec:
         return AuditSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(describe_validation(exc)) from None
+    except RecursionError:
+        raise SpecError("spec is nested too deeply to be a spec") from None
 
 
 def spec_for(raw: dict[str, Any], method: str | None = None) -> AuditSpec:

@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
                                          "requests")
     app.state.submit_limiter = RateLimiter(settings.submit_rate_per_min / 60.0,
                                            settings.submit_burst, "submissions")
+    app.state.auth_fail_limiter = RateLimiter(settings.auth_fail_rate_per_min / 60.0,
+                                              settings.auth_fail_burst, "failed logins")
     if not settings.tokens:
         log.warning("NO TOKENS CONFIGURED: local single-user mode, every caller is 'local'. "
                     "Set PPR_TOKENS before exposing this service.")

@@ -10,12 +10,30 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Annotated
 
 import typer
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _exit(signum, frame) -> None:
+    raise SystemExit(0)
+
+
+def _term_with_parent() -> None:
+    """In the worker child, before exec: SIGTERM it when `ppr serve` dies, however it dies
+    (Linux; elsewhere the `finally` of `main` is the only guard)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 app = typer.Typer(add_completion=False, help="Serve the ppr-audit API.")
 
 
@@ -39,6 +57,11 @@ def main(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    if not settings.tokens and host not in LOOPBACK and not settings.allow_open:
+        typer.echo(f"ppr serve: refusing to listen on {host} without tokens (anyone could "
+                   "submit jobs and read every report); set PPR_TOKENS or PPR_TOKENS_FILE, or "
+                   "PPR_ALLOW_OPEN=1 to run open", err=True)
+        raise typer.Exit(2)
     application = create_app(settings)
     mode = "embedded (SQLite + filesystem queue)" if settings.embedded else "distributed"
     typer.echo(f"ppr-audit: {mode}; data in {settings.data_dir.resolve()}; "
@@ -49,7 +72,11 @@ def main(
     child = None
     if worker if worker is not None else settings.embedded:
         child = subprocess.Popen([sys.executable, "-m", "ppr_cli.main", "worker"],
-                                 env={**os.environ, "PPR_DATA_DIR": str(settings.data_dir)})
+                                 env={**os.environ, "PPR_DATA_DIR": str(settings.data_dir)},
+                                 preexec_fn=_term_with_parent)
+    # uvicorn handles SIGTERM itself, then raises it again once it has stopped: this handler
+    # turns that into an exit that runs the `finally` below, so the worker is stopped too
+    signal.signal(signal.SIGTERM, _exit)
     try:
         if workers > 1:  # each process builds its own app from the same environment
             uvicorn.run("service.app:create_app", factory=True, host=host, port=port,

@@ -6,11 +6,13 @@ dependency in the thread pool, a thread hop per dependency per request."""
 from __future__ import annotations
 
 import hmac
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from .errors import ApiError
+from .limits import RateLimited
 from .queue import Enqueuer
 from .settings import Settings
 from .store.artifacts import ArtifactStore
@@ -45,22 +47,59 @@ async def current_principal(request: Request) -> str:
     return principal
 
 
+def _bearer(request: Request) -> str:
+    """The request's bearer token, or a 401."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)",
+                       "unauthorized")
+    return token.strip()
+
+
+def _match(token: str, known: dict[str, str]) -> str | None:
+    """The principal of `token`, compared with every known token in constant time."""
+    principal = None
+    for candidate, who in known.items():
+        if hmac.compare_digest(candidate.encode(), token.encode()):
+            principal = who
+    return principal
+
+
+def _checked(request: Request, known: dict[str, str]) -> str:
+    """The principal of the request's token among `known`. Failed logins are throttled per
+    client address: past `auth_fail_rate_per_min` an address gets 429 for every request
+    until its budget refills, whatever token it sends, so tokens cannot be guessed at speed."""
+    limiter = request.app.state.auth_fail_limiter
+    address = request.client.host if request.client else "unknown"
+    if wait := limiter.exhausted(address):
+        raise RateLimited(f"too many failed logins from this address; retry after "
+                          f"{math.ceil(wait)} s", wait)
+    try:
+        principal = _match(_bearer(request), known)
+    except ApiError:
+        limiter.take(address)
+        raise
+    if principal is None:
+        limiter.take(address)  # 429 from here on once the address is over its budget
+        raise ApiError(401, "invalid bearer token", "unauthorized")
+    return principal
+
+
 def _authenticate(request: Request) -> str:
     settings: Settings = request.app.state.settings
     if not settings.tokens:
         return "local"
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)",
-                       "unauthorized")
-    principal = None
-    for known, who in settings.tokens.items():  # compare with every token, constant time
-        if hmac.compare_digest(known.encode(), token.strip().encode()):
-            principal = who
-    if principal is None:
-        raise ApiError(401, "invalid bearer token", "unauthorized")
-    return principal
+    return _checked(request, settings.tokens)
+
+
+async def metrics_access(request: Request) -> None:
+    """/metrics: the metrics token when one is set, else any principal's token (open only
+    in local single-user mode)."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_token:
+        _checked(request, {settings.metrics_token: "metrics"})
+    elif settings.tokens:
+        _authenticate(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ppr_engine.bounds import budget_values
 from ppr_engine.data.refs import parse_ref
 from ppr_engine.spec import AuditSpec
 
@@ -25,15 +26,29 @@ from .errors import ApiError
 
 
 class SpecLimits(BaseModel):
-    """The largest budgets one spec may ask for (defaults fit CIFAR-scale audits)."""
+    """The largest budgets one spec may ask for (defaults fit CIFAR-scale audits). Every
+    budget-tagged parameter of the spec (`ppr_engine.bounds`: epochs, rounds, iterations,
+    images, widths, batch sizes, wherever they are nested) is capped by its kind, and the
+    estimated total work (`ppr_engine.cost`) by `max_work`."""
 
     max_spec_bytes: int = Field(64 << 10, description="size of the spec field")
     max_methods: int = 16
-    max_epochs: int = Field(500, description="any *epochs parameter of a method, RA or QRA")
+    max_triggers: int = 8
+    max_sweep_points: int = 10
+    max_epochs: int = Field(500, description="any epochs parameter, wherever it is")
     max_rounds: int = 20
     max_iterations: int = 100_000
-    max_sweep_points: int = 10
     max_images: int = Field(200_000, description="images one data reference or budget takes")
+    max_width: int = Field(4096, description="hidden widths (QRA's generator, UNet widths)")
+    max_batch: int = 4096
+    max_image_side: int = Field(512, description="the `size` a data reference may resize to")
+    max_work: float = Field(2e8, description="estimated image passes of the whole audit (a "
+                            "14-method CIFAR-10 audit at reference budgets on 2,500 "
+                            "defender's images is about 1e7)")
+
+    def cap(self, kind: str) -> float:
+        """The cap of a budget kind."""
+        return getattr(self, f"max_{kind}")
 
 
 class RateLimited(ApiError):
@@ -56,6 +71,17 @@ class RateLimiter:
         self.rate, self.burst, self.what = rate, burst, what
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
+
+    def exhausted(self, key: str) -> float:
+        """Seconds until `key` may take again (0: it may now), without taking."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            b = self._buckets.get(key)
+            if b is None:
+                return 0.0
+            tokens = min(float(self.burst), b.tokens + (time.monotonic() - b.stamp) * self.rate)
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def take(self, key: str) -> None:
         """Admit one request for `key`, or raise RateLimited."""
@@ -80,51 +106,52 @@ def _over(field: str, value: float, limit: float) -> ApiError:
                     "budget_exceeded")
 
 
-def _walk_params(prefix: str, params: Any, limits: SpecLimits) -> None:
-    """Refuse any epochs/rounds/iterations value above its limit, nested parameters too."""
-    if isinstance(params, BaseModel):
-        params = params.model_dump()
-    if not isinstance(params, dict):
-        return
-    for key, value in params.items():
-        where = f"{prefix}.{key}"
-        if isinstance(value, dict | BaseModel):
-            _walk_params(where, value, limits)
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        limit = (limits.max_epochs if key.endswith("epochs") else limits.max_rounds
-                 if key == "rounds" else limits.max_iterations if key == "iterations" else None)
-        if limit is not None and value > limit:
-            raise _over(where, value, limit)
-
-
-def check_budgets(spec: AuditSpec, limits: SpecLimits) -> None:
-    """422 when the spec asks for more than `limits` allow (the field is named)."""
+def check_budgets(spec: AuditSpec, limits: SpecLimits,
+                  size_of: Callable[[str], int | None] = lambda ref: None) -> None:
+    """422 when the spec asks for more than `limits` allow (the field is named). `size_of`
+    gives a data reference's image count where the gateway knows it without reading the
+    data; the total work is checked here when every count is known, and by the worker
+    again once the data are loaded."""
     plan = spec.plan
-    if len(plan.methods) > limits.max_methods:
-        raise _over("plan.methods (count)", len(plan.methods), limits.max_methods)
-    for i, m in enumerate(plan.methods):
-        _walk_params(f"plan.methods[{i}] ({m.key})", m.parsed(), limits)
-    _walk_params("plan.retune", plan.retune, limits)
-    _walk_params("plan.qra", plan.qra, limits)
-    rs = plan.retune
-    if len(rs.sweep) > limits.max_sweep_points:
-        raise _over("plan.retune.sweep (points)", len(rs.sweep), limits.max_sweep_points)
-    for i, (poison, epochs) in enumerate(rs.sweep):
-        if poison > limits.max_images:
-            raise _over(f"plan.retune.sweep[{i}] poisoned samples", poison, limits.max_images)
-        if epochs > limits.max_epochs:
-            raise _over(f"plan.retune.sweep[{i}] epochs", epochs, limits.max_epochs)
-    for field in ("poison_num", "clean_num"):
-        for name, part in (("retune", rs), ("qra", plan.qra)):
-            value = getattr(part, field)
-            if value > limits.max_images:
-                raise _over(f"plan.{name}.{field}", value, limits.max_images)
-    for role in ("clean", "test", "attacker"):
-        text = getattr(spec.data, role)
-        if not text:
-            continue
-        n = parse_ref(text).options.get("n")
-        if n is not None and str(n).isdigit() and int(n) > limits.max_images:
-            raise _over(f"data.{role} n", int(n), limits.max_images)
+    for what, items, cap in (("plan.methods", plan.methods, limits.max_methods),
+                             ("triggers", spec.triggers, limits.max_triggers),
+                             ("plan.retune.sweep", plan.retune.sweep, limits.max_sweep_points)):
+        if len(items) > cap:
+            raise _over(f"{what} (count)", len(items), cap)
+    models = [("plan.retune", plan.retune), ("plan.qra", plan.qra), ("plan.lmc", plan.lmc)]
+    models += [(f"plan.methods[{i}] ({m.key})", m.parsed()) for i, m in enumerate(plan.methods)]
+    models += [(f"triggers[{i}] ({t.attack})", t.parsed()) for i, t in enumerate(spec.triggers)]
+    for prefix, params in models:
+        for where, kind, value in budget_values(params, prefix):
+            if value > limits.cap(kind):
+                raise _over(where, value, limits.cap(kind))
+    refs = [(f"data.{role}", getattr(spec.data, role)) for role in ("clean", "test", "attacker")
+            if getattr(spec.data, role)]
+    refs += [(f"triggers[{i}] data", ref) for i, t in enumerate(spec.triggers)
+             for ref in t.build().data_refs()]
+    for where, text in refs:
+        options = parse_ref(text).options
+        for option, cap in (("n", limits.max_images), ("size", limits.max_image_side)):
+            if option in options and options[option] > cap:
+                raise _over(f"{where} {option}", options[option], cap)
+        count = size_of(text)
+        if count is not None and count > limits.max_images:
+            raise _over(f"{where} (images)", count, limits.max_images)
+    check_work(spec, limits, size_of)
+
+
+def check_work(spec: AuditSpec, limits: SpecLimits,
+               size_of: Callable[[str], int | None]) -> None:
+    """422 when the estimated work of the spec exceeds `max_work` (skipped when a data
+    reference's size is unknown here: the worker checks it with the loaded data)."""
+    from ppr_engine.audit import attacker_images
+    from ppr_engine.cost import Sizes, total_work
+
+    clean, test = size_of(spec.data.clean), size_of(spec.data.test)
+    pool = size_of(spec.data.attacker) if spec.data.attacker else attacker_images(spec)
+    if clean is None or test is None or pool is None:
+        return
+    work = total_work(spec, Sizes(clean, test, pool, spec.model.num_classes))
+    if work > limits.max_work:
+        raise _over("the audit's estimated work (image passes)", f"{work:.3g}",
+                    f"{limits.max_work:.3g}")

@@ -38,7 +38,8 @@ class JobView(BaseModel):
     message: str
     attempts: int
     error: str | None = None
-    error_kind: str | None = Field(None, description="'input' (the request was wrong) or "
+    error_kind: str | None = Field(None, description="'time_limit' (the job outlived "
+                                   "PPR_JOB_TIME_LIMIT_S), 'input' (the request was wrong) or "
                                    "'system' (the service failed)")
     cancel_requested: bool
     checkpoint_name: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,7 +38,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 << 30, description="checkpoint upload limit")
     max_dataset_bytes: int = Field(4 << 30, description="dataset archive upload limit")
     job_time_limit_s: int = Field(6 * 3600, description="hard limit of one job")
-    lease_s: float = Field(60.0, description="a running job's lease, renewed by progress")
+    lease_s: float = Field(60.0, description="a running job's lease, renewed every second by "
+                           "its worker")
+    job_process: Literal["child", "inline"] = Field(
+        "child", description="child: each job runs in a process the worker can stop (time "
+        "limit, cancellation, shutdown); inline: in the worker process itself (debugging; "
+        "the time limit and cancellation then wait for the job's next progress report)")
     progress_interval_s: float = Field(1.0, description="throttle of progress writes")
     visibility_timeout_s: int | None = Field(None, description="Redis redelivery delay of an "
                                              "unacknowledged job; default job limit + 10 min")
@@ -54,6 +59,14 @@ class Settings(BaseSettings):
                                        "principal (0 turns the limit off)")
     submit_burst: int = Field(10, description="submissions a principal may make at once")
     max_active_jobs: int = Field(20, description="queued or running jobs per principal")
+    auth_fail_rate_per_min: float = Field(30.0, description="failed logins per minute per "
+                                          "client address (then 429 for that address, whatever "
+                                          "token it sends; 0 turns the limit off)")
+    auth_fail_burst: int = Field(20, description="failed logins an address may make at once")
+    metrics_token: str | None = Field(None, description="bearer token /metrics requires; "
+                                      "unset: any principal's token (none in local mode)")
+    allow_open: bool = Field(False, description="let `ppr serve` listen beyond loopback "
+                             "without tokens (everyone is then the one local principal)")
     events_interval_s: float = Field(1.0, description="how often an event stream looks for "
                                      "a change of its job")
     events_keepalive_s: float = Field(5.0, description="a comment line after this long "

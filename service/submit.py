@@ -60,15 +60,39 @@ def check_data_refs(spec: AuditSpec, principal: str, store: JobStore,
                         "HTTP; omit it (the EP model is the baseline)")
 
 
+def data_size(text: str, principal: str, store: JobStore) -> int | None:
+    """A data reference's image count where the gateway knows it without reading images:
+    synthetic sets and subsets by `n`, uploads by their file count; None otherwise."""
+    ref = parse_ref(text)
+    n = ref.options.get("n")
+    if ref.kind == "synthetic":
+        return int(n or 6000)
+    if ref.kind == "dataset" and (ds := store.get_dataset(ref.location, principal)) is not None:
+        files = int(ds.files)
+        frac = ref.options.get("fraction")
+        return min(files, int(n)) if n else round(files * float(frac)) if frac else files
+    return int(n) if n else None
+
+
+def decode_json(raw: str) -> object:
+    """The spec text as JSON, or a SpecError that says why not: malformed, nested too deep
+    (Python's parser recurses), or holding a number too long to read."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"spec is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                        f"{exc.colno}") from None
+    except RecursionError:
+        raise SpecError("spec is nested too deeply to be a spec") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise SpecError(f"spec holds a value that cannot be read: {str(exc)[:120]}") from None
+
+
 def parse_spec(raw: str | None, method: str | None) -> AuditSpec:
     """The spec field as an AuditSpec (reduced to `method` for a purification)."""
     if not raw:
         raise SpecError(f"missing form field {SPEC_FIELD!r} (the audit spec as JSON)")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"spec is not valid JSON: {exc.msg} at line {exc.lineno} column "
-                        f"{exc.colno}") from None
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise SpecError("spec must be a JSON object")
     return spec_for(data, method)
@@ -103,7 +127,7 @@ def fingerprint(kind: str, method: str | None, checkpoint_sha256: str,
     canonical JSON when it parses, else as sent)."""
     try:
         spec = json.dumps(json.loads(raw_spec or ""), sort_keys=True, separators=(",", ":"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # malformed: the parse that follows says why
         spec = raw_spec or ""
     text = "\n".join([kind, method or "", checkpoint_sha256, spec])
     return hashlib.sha256(text.encode()).hexdigest()
@@ -134,7 +158,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
         raise Unavailable("the job queue (broker)", exc, "nothing was stored; retry later") \
             from None
     form = await read_form(request, artifacts, FILE_FIELD, settings.max_upload_bytes,
-                           (SPEC_FIELD,))
+                           (SPEC_FIELD,), {SPEC_FIELD: settings.spec_limits.max_spec_bytes})
     upload = form.upload
     job_id = new_id()
     prefix = f"jobs/{job_id}"
@@ -154,7 +178,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             raise ApiError(422, f"spec is {len(raw_spec.encode())} bytes, the limit is "
                            f"{limits.max_spec_bytes}", "budget_exceeded")
         spec = parse_spec(raw_spec, method)
-        check_budgets(spec, limits)
+        check_budgets(spec, limits, lambda ref: data_size(ref, principal, store))
         active = store.active(principal)
         if active >= settings.max_active_jobs:
             raise RateLimited(f"{active} of your jobs are queued or running (the limit is "

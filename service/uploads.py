@@ -15,7 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from .errors import ApiError
 from .store.artifacts import ArtifactStore, TooLarge, Upload
 
-MAX_FIELD_BYTES = 1 << 20
+MAX_FIELD_BYTES = 1 << 20  # all text parts of one request together, headers included
 
 
 @dataclass
@@ -28,9 +28,13 @@ class Form:
 
 
 async def read_form(request: Request, store: ArtifactStore, file_field: str,
-                    limit: int, text_fields: tuple[str, ...] = ()) -> Form:
+                    limit: int, text_fields: tuple[str, ...] = (),
+                    text_limits: dict[str, int] | None = None) -> Form:
     """Parse the request; the part named `file_field` streams into an Upload, the parts
-    named in `text_fields` are kept as text, any other part is refused (422)."""
+    named in `text_fields` are kept as text (each within `text_limits`, all of them and
+    every part's headers within MAX_FIELD_BYTES), any other part is refused (422). Reading
+    stops at the first limit passed, chunked or not."""
+    text_limits = text_limits or {}
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(415, "expected multipart/form-data with a file field "
@@ -41,15 +45,23 @@ async def read_form(request: Request, store: ArtifactStore, file_field: str,
                        f"{limit} bytes")
     form = Form()
     state: dict = {"headers": {}, "name": None, "buf": None, "error": None, "hname": b"",
-                   "hval": b""}
+                   "hval": b"", "text": 0}
+
+    def count_text(n: int) -> None:
+        state["text"] += n
+        if state["text"] > MAX_FIELD_BYTES and not state["error"]:
+            state["error"] = ApiError(413, f"the form's text parts and headers exceed "
+                                      f"{MAX_FIELD_BYTES} bytes")
 
     def on_part_begin() -> None:
         state.update(headers={}, name=None, buf=None, hname=b"", hval=b"")
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count_text(end - start)
         state["hname"] += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count_text(end - start)
         state["hval"] += data[start:end]
 
     def on_header_end() -> None:
@@ -67,6 +79,9 @@ async def read_form(request: Request, store: ArtifactStore, file_field: str,
             form.upload = store.upload(limit)
             form.filename = disp.get(b"filename", b"").decode("utf-8", "replace")
         elif name in text_fields:
+            if name in form.fields:
+                state["error"] = ApiError(422, f"field {name!r} given twice")
+                return
             state["buf"] = bytearray()
         elif not state["error"]:
             known = ", ".join(repr(f) for f in (file_field, *text_fields))
@@ -84,9 +99,13 @@ async def read_form(request: Request, store: ArtifactStore, file_field: str,
                 state["error"] = ApiError(413, f"{file_field}: {exc}")
         elif state["buf"] is not None:
             state["buf"] += chunk
-            if len(state["buf"]) > MAX_FIELD_BYTES:
-                state["error"] = ApiError(413, f"field {state['name']!r} is larger than "
-                                          f"{MAX_FIELD_BYTES} bytes")
+            cap = text_limits.get(state["name"], MAX_FIELD_BYTES)
+            if len(state["buf"]) > cap and not state["error"]:
+                state["error"] = (
+                    ApiError(422, f"{state['name']} is more than {cap} bytes, the limit is "
+                             f"{cap}", "budget_exceeded") if state["name"] in text_limits
+                    else ApiError(413, f"field {state['name']!r} is larger than {cap} bytes"))
+            count_text(len(chunk))
 
     def on_part_end() -> None:
         if state["buf"] is not None and state["name"]:

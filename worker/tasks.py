@@ -6,7 +6,7 @@ import os
 import socket
 
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker import state as worker_state
 
 from service.queue import TASK_NAME, make_celery
 from service.settings import Settings, get_settings
@@ -21,6 +21,13 @@ MAX_RETRIES = 2
 def worker_id() -> str:
     """hostname:pid, unique among live workers."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def stopping() -> bool:
+    """Whether this worker was asked to stop (SIGTERM or SIGQUIT: Celery's warm or cold
+    shutdown flags, which the solo pool only reads between tasks)."""
+    return any(flag is not None and flag is not False
+               for flag in (worker_state.should_stop, worker_state.should_terminate))
 
 
 def build(settings: Settings | None = None) -> Celery:
@@ -42,16 +49,13 @@ def build(settings: Settings | None = None) -> Celery:
         store, artifacts = stores()
         try:
             out = run_job(job_id, settings=settings, store=store, artifacts=artifacts,
-                          worker=worker_id(), final_attempt=self.request.retries >= MAX_RETRIES)
+                          worker=worker_id(), final_attempt=self.request.retries >= MAX_RETRIES,
+                          should_stop=stopping)
         except Busy:
             raise self.retry(countdown=max(5, int(settings.lease_s)), max_retries=None) from None
         except Retry as exc:
             raise self.retry(countdown=10 * (self.request.retries + 1),
                              max_retries=MAX_RETRIES) from exc
-        except SoftTimeLimitExceeded:
-            store.finish(job_id, worker_id(), "failed", error="time limit exceeded",
-                         error_kind="system")
-            return "failed"
         return out.status
 
     app.conf.ppr_settings = settings

@@ -25,7 +25,7 @@ class TriggerParams(BaseModel):
     """Parameters every attack shares."""
 
     model_config = {"extra": "forbid"}
-    target: int = Field(0, ge=0, description="target class (all-to-one)")
+    target: int = Field(0, ge=0, le=99_999, description="target class (all-to-one)")
 
 
 class Trigger:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
+from ..bounds import seed_field
 from ..data import ImageSet, to_float
 from ..errors import SpecError
 from .base import ATTACKS, Trigger, TriggerParams
@@ -41,7 +42,7 @@ class ExamplesParams(TriggerParams):
                                    "the attack's poisoned training samples)")
     holdout: float = Field(0.5, gt=0, lt=1, description="share of `data` held out for "
                            "measuring ASR when train_data is not given")
-    seed: int = Field(0, description="seed of the held-out split and of the draws")
+    seed: int = seed_field(0, "seed of the held-out split and of the draws")
 
     @field_validator("data", "train_data")
     @classmethod

@@ -4,12 +4,12 @@ The people who gate a model release rarely know whether a backdoor is there or w
 looks like. This trigger is learnt from the model under audit on the defender's clean data:
 BTI-DBF's generator (the `Inverter` that BTI-DBF and PAM use, `rounds` rounds against the
 fixed model) proposes a target class and a trigger G(x); the smallest-trigger scan
-(`ppr_engine.scan`) then checks that the proposal is a backdoor and not a universal
+(`ppr_engine.inversion.scan`) then checks that the proposal is a backdoor and not a universal
 adversarial perturbation, which a generator finds in any model (on a clean small_cnn it sent
 98% of other classes' images to one class). A backdoor is found only when both agree: the
 generator sends at least `inversion.min_confidence` of other classes' images to class k, and
 class k is the class whose smallest patch trigger is at most `inversion.scan.max_ratio` of
-the other classes' median (`bti.Detection.confident`, the rule BTI-DBF and PAM use).
+the other classes' median (`inversion.Detection.confident`, the rule BTI-DBF and PAM use).
 Otherwise the audit says "no backdoor found by inversion" and gives no verdict for this
 trigger. When found, G(x) is the trigger for RA, QRA, LMC and for EP/PAM's `data: trigger`,
 and ASR is the share of test images of other classes that G sends to k.
@@ -26,10 +26,10 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from ..bounds import budget
 from ..data import ImageSet
-from ..defenses.base import DefenseContext
-from ..defenses.bti import Detection, InversionParams, invert
 from ..errors import SpecError
+from ..inversion import Detection, InversionContext, InversionParams, invert
 from ..models import frozen_copy
 from ..report import InversionResult, InvertedExample
 from ..train import predict
@@ -40,7 +40,7 @@ class InvertedParams(BaseModel):
     """How to find the trigger (there is no target to give: the inversion finds it)."""
 
     model_config = ConfigDict(extra="forbid")
-    rounds: int = Field(1, ge=1, le=10, description="inversion rounds against the model")
+    rounds: int = budget("rounds", 1, le=10, description="inversion rounds against the model")
     inversion: InversionParams = Field(default_factory=InversionParams, description="the "
                                        "inversion and its verifying scan (`inversion.scan`)")
     examples: int = Field(4, ge=0, le=16, description="inverted images shown in the report")
@@ -94,7 +94,7 @@ class Inverted(Trigger):
     def found(self) -> bool:
         return self.inversion is not None and self.inversion.found
 
-    def learn(self, model: nn.Module, ctx: DefenseContext) -> None:
+    def learn(self, model: nn.Module, ctx: InversionContext) -> None:
         """Invert, scan, and decide (see the module's docstring)."""
         inverter = invert(model, ctx, self.p.inversion, rounds=self.p.rounds)
         det = inverter.detection

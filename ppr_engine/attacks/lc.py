@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ..bounds import budget
 from ..data import to_float
 from .base import ATTACKS, Trigger, TriggerParams, quantize
 from .triggers import lc_corner_trigger, pgd_untargeted
@@ -17,9 +18,9 @@ from .triggers import lc_corner_trigger, pgd_untargeted
 class LCParams(TriggerParams):
     """LC: PGD (eps 8/255, step 1.5/255, 100 steps) then the corner checkerboard."""
 
-    eps: float = Field(8.0, ge=0, description="PGD radius in 8-bit units")
-    step: float = Field(1.5, gt=0, description="PGD step in 8-bit units")
-    steps: int = Field(100, ge=0, description="PGD iterations")
+    eps: float = Field(8.0, ge=0, le=255, description="PGD radius in 8-bit units")
+    step: float = Field(1.5, gt=0, le=255, description="PGD step in 8-bit units")
+    steps: int = budget("iterations", 100, ge=0, le=10_000, description="PGD iterations")
     amplitude: float = Field(1.0, gt=0, le=1, description="trigger amplitude (1: black/white)")
 
 

@@ -4,24 +4,28 @@ corner checkerboard. Defaults follow BackdoorBench's CIFAR-10 configs (METHODS.m
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import Annotated
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from ..errors import SpecError
+from ..bounds import seed_field
+from ..errors import DatasetError
 from .base import ATTACKS, Trigger, TriggerParams
+
+_Unit = Annotated[float, Field(ge=0, le=1)]
 
 
 class BadNetsParams(TriggerParams):
     """BadNets: a solid patch; default 3x3 white at the bottom-right corner."""
 
     size: int = Field(3, ge=1, le=64, description="patch side in pixels")
-    row: int | None = Field(None, description="top row of the patch; default: bottom edge")
-    col: int | None = Field(None, description="left column of the patch; default: right edge")
-    color: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="RGB in [0, 1]")
+    row: int | None = Field(None, ge=0, le=4096, description="top row of the patch; default: "
+                            "bottom edge")
+    col: int | None = Field(None, ge=0, le=4096, description="left column of the patch; "
+                            "default: right edge")
+    color: tuple[_Unit, _Unit, _Unit] = Field((1.0, 1.0, 1.0), description="RGB in [0, 1]")
 
 
 @ATTACKS.register("badnets", params=BadNetsParams, summary="BadNets: solid patch trigger")
@@ -45,9 +49,23 @@ class BlendedParams(TriggerParams):
     """Blended: x' = (1 - alpha) x + alpha pattern."""
 
     alpha: float = Field(0.2, gt=0, le=1, description="blend ratio (train and test)")
-    image: str | None = Field(None, description="path of a pattern image (e.g. Hello Kitty); "
-                              "default: seeded uniform noise")
-    pattern_seed: int = Field(0, description="seed of the noise pattern")
+    image: str | None = Field(None, max_length=4096, description="data reference of the "
+                              "pattern image (its first image), e.g. image:/data/kitty.png or, "
+                              "on the service, dataset:<id>; default: seeded uniform noise")
+    pattern_seed: int = seed_field(0, "seed of the noise pattern")
+
+    @field_validator("image")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        """A path is a data reference, confined like every other one on a service."""
+        if v is not None:
+            from ..data.refs import parse_ref
+
+            try:
+                parse_ref(v)
+            except DatasetError as exc:
+                raise ValueError(f"{exc}; a pattern file is named as image:PATH") from None
+        return v
 
 
 @ATTACKS.register("blended", params=BlendedParams, summary="Blended: image/noise blending")
@@ -56,21 +74,33 @@ class Blended(Trigger):
 
     Params = BlendedParams
 
+    def __init__(self, params: BlendedParams) -> None:
+        super().__init__(params)
+        self._image: torch.Tensor | None = None  # the pattern's pixels once loaded
+
+    def data_refs(self) -> list[str]:
+        p: BlendedParams = self.params  # type: ignore[assignment]
+        return [p.image] if p.image else []
+
+    def bind(self, load) -> None:
+        """Read the pattern through the audit's loader (a server's data roots apply)."""
+        p: BlendedParams = self.params  # type: ignore[assignment]
+        if p.image:
+            self._image = load(p.image).x[0]
+
     def _pattern(self, h: int, w: int, device) -> torch.Tensor:
         p: BlendedParams = self.params  # type: ignore[assignment]
         if p.image:
-            from PIL import Image, UnidentifiedImageError
+            if self._image is None:  # outside an audit (the CLI): the local loader
+                from ..data import load
 
-            try:
-                with Image.open(Path(p.image)) as img:
-                    arr = np.asarray(img.convert("RGB").resize((w, h), Image.BILINEAR))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise SpecError(f"blended: cannot read pattern image {p.image!r}: {exc}") from None
-            pat = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
-        else:
-            g = torch.Generator().manual_seed(p.pattern_seed)
-            pat = torch.rand(3, h, w, generator=g)
-        return pat.unsqueeze(0).to(device)
+                self._image = load(p.image).x[0]
+            pat = self._image.float()[None] / 255
+            if pat.shape[-2:] != (h, w):
+                pat = F.interpolate(pat, size=(h, w), mode="bilinear", align_corners=False)
+            return pat.to(device)
+        g = torch.Generator().manual_seed(p.pattern_seed)
+        return torch.rand(3, h, w, generator=g).unsqueeze(0).to(device)
 
     def apply(self, x, index=None, split="test"):
         a = self.params.alpha  # type: ignore[attr-defined]
@@ -81,7 +111,7 @@ class SIGParams(TriggerParams):
     """SIG: horizontal sinusoid, clean-label."""
 
     delta: float = Field(40.0, gt=0, le=255, description="amplitude in 8-bit units")
-    freq: float = Field(6.0, gt=0, description="periods across the width")
+    freq: float = Field(6.0, gt=0, le=1000, description="periods across the width")
 
 
 @ATTACKS.register("sig", params=SIGParams, summary="SIG: sinusoidal signal, clean-label")

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..bounds import seed_field
 from ..data import to_float
 from .base import ATTACKS, Trigger, TriggerParams, quantize
 
@@ -13,11 +14,12 @@ from .base import ATTACKS, Trigger, TriggerParams, quantize
 class WaNetParams(TriggerParams):
     """WaNet: k = 4 control grid, s = 0.5, grid_rescale 1, cross_ratio 2."""
 
-    k: int = Field(4, ge=2, description="control grid size")
-    s: float = Field(0.5, gt=0, description="warping strength")
-    grid_rescale: float = Field(1.0, gt=0)
-    cross_ratio: float = Field(2.0, ge=0, description="noise-mode samples per poisoned one")
-    field_seed: int = Field(0, description="seed of the warping field")
+    k: int = Field(4, ge=2, le=64, description="control grid size")
+    s: float = Field(0.5, gt=0, le=100, description="warping strength")
+    grid_rescale: float = Field(1.0, gt=0, le=10)
+    cross_ratio: float = Field(2.0, ge=0, le=100, description="noise-mode samples per poisoned "
+                               "one")
+    field_seed: int = seed_field(0, "seed of the warping field")
 
 
 @ATTACKS.register("wanet", params=WaNetParams, summary="WaNet: warping-based trigger")

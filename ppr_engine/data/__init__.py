@@ -16,7 +16,7 @@ from .archive import ArchiveLimits, validate_archive
 from .imageset import ImageSet
 from .loader import DeviceLoader, device_generator, random_crop_flip, to_float
 from .refs import DataRef, confine, parse_ref
-from .sources import load_cifar, load_imagefolder, load_npz
+from .sources import load_cifar, load_image, load_imagefolder, load_npz
 from .split import stratified_indices, take, train_val
 from .synthetic import make_synthetic
 
@@ -48,6 +48,8 @@ def load(ref: str | DataRef, *, resolve_dataset: DatasetResolver | None = None,
         ds = load_imagefolder(path, str(split) if split else None, size, text)
     elif r.kind in ("cifar10", "cifar100"):
         ds = load_cifar(path, str(split or "train"), r.kind == "cifar100", text)
+    elif r.kind == "image":
+        ds = load_image(path, size, text)
     elif r.kind == "backdoorbench":
         from .backdoorbench import load_part
 

@@ -20,15 +20,21 @@ KIND_SUMMARIES = {
     "cifar10": "CIFAR-10 python batches (directory or tar.gz); ?split=train|test",
     "cifar100": "CIFAR-100 python batches (fine labels); ?split=train|test",
     "npz": ".npz with uint8 x (N x H x W x C) and integer y; pickles refused",
+    "image": "one image file (PNG, JPEG, ...), e.g. a Blended trigger's pattern; label 0",
     "synthetic": "generated images (tests and the demo); ?n=&seed=",
     "dataset": "an uploaded dataset, dataset:<id> (service only)",
     "backdoorbench": "the poisoned samples of a BackdoorBench attack_result.pt (its folder or "
                      "the file), ?part=bd_test|bd_train; labels are the true classes",
 }
 KINDS = tuple(KIND_SUMMARIES)
-_OPTIONS = {
-    "split": str, "fraction": float, "n": int, "seed": int, "size": int, "world": int,
-    "classes": int, "noise": float, "part": str,
+# each option's type and bounds (numbers: [low, high]; words: the longest accepted). `size`
+# (the side images are resized to) and `classes` bound the memory a reference can ask for;
+# `n` the images; the service caps `n` lower (SPEC_LIMITS) and bounds decoded pixels.
+OPTIONS: dict[str, tuple[type, float, float]] = {
+    "split": (str, 1, 64), "part": (str, 1, 64),
+    "fraction": (float, 1e-6, 1.0), "noise": (float, 0.0, 1.0),
+    "n": (int, 1, 10_000_000), "seed": (int, 0, 2**32 - 1), "world": (int, 0, 2**32 - 1),
+    "size": (int, 8, 1024), "classes": (int, 2, 1000),
 }
 
 
@@ -61,14 +67,22 @@ def parse_ref(text: str) -> DataRef:
     location, _, query = rest.partition("?")
     options: dict[str, object] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
-        if key not in _OPTIONS:
-            raise DatasetError(f"unknown option {key!r} in {text!r}; options: "
-                               f"{', '.join(_OPTIONS)}")
+        if key not in OPTIONS:
+            raise DatasetError(f"unknown option {key[:40]!r} in the data reference; options: "
+                               f"{', '.join(OPTIONS)}")
+        cast, low, high = OPTIONS[key]
         try:
-            options[key] = _OPTIONS[key](value)
+            parsed = cast(value) if len(value) <= 32 or cast is str else None
         except ValueError:
-            raise DatasetError(f"option {key}={value!r} in {text!r} is not a valid "
-                               f"{_OPTIONS[key].__name__}") from None
+            parsed = None
+        if parsed is None or (cast is str and not low <= len(parsed) <= high):
+            raise DatasetError(f"option {key}={value[:40]!r} in the data reference is not a "
+                               f"valid {cast.__name__}" + (f" of at most {high:g} characters"
+                                                          if cast is str else ""))
+        if cast is not str and not low <= parsed <= high:
+            raise DatasetError(f"option {key}={parsed} is out of range: {key} must be between "
+                               f"{low:g} and {high:g}")
+        options[key] = parsed
     if kind not in ("synthetic",) and not location:
         raise DatasetError(f"data reference {text!r} has no location")
     return DataRef(kind, location, options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,23 +24,44 @@ from .imageset import ImageSet
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
 
+# Decoding is bounded before it happens: a header that claims more pixels than this is
+# refused unread (a decompression bomb), and the decoded images of one reference may not
+# exceed MAX_DECODED_BYTES in all.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_DECODED_BYTES = 8 << 30
+
+
 def _decode(name: str, blob: bytes, size: int | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(blob)) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DatasetError(f"image {name!r} claims {w}x{h} pixels, more than the "
+                                   f"{MAX_IMAGE_PIXELS} an image may have")
             img = img.convert("RGB")
             if size and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"image {name!r} cannot be decoded: {exc}") from None
+    except Image.DecompressionBombError:
+        raise DatasetError(f"image {name!r} claims more pixels than the {MAX_IMAGE_PIXELS} an "
+                           "image may have (a decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise DatasetError(f"image {name!r} cannot be decoded: not an image format PIL "
+                           "reads") from None
+    except (OSError, ValueError) as exc:
+        text = re.sub(r"<[^>]* at 0x[0-9a-f]+>", "the file", str(exc))  # no object reprs
+        raise DatasetError(f"image {name!r} cannot be decoded: {text}") from None
 
 
 def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int | None,
                 source: str) -> ImageSet:
-    """Build an ImageSet from (relative path, bytes) pairs laid out `[split/]class/file`."""
-    samples: list[tuple[str, str, bytes]] = []
+    """Build an ImageSet from (relative path, bytes) pairs laid out `[split/]class/file`,
+    decoding each image as it arrives (no archive member is held after its image is
+    decoded) within MAX_DECODED_BYTES."""
+    samples: list[tuple[str, str, np.ndarray]] = []
+    decoded = 0
     for name, blob in files:
         parts = name.split("/")
         if not name.lower().endswith(IMAGE_SUFFIXES):
@@ -50,7 +72,12 @@ def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int
             parts = parts[parts.index(split) + 1:]
         if len(parts) < 2:
             continue
-        samples.append((parts[-2], name, blob))
+        array = _decode(name, blob, size)
+        decoded += array.nbytes
+        if decoded > MAX_DECODED_BYTES:
+            raise DatasetError(f"{source}: decodes to more than {MAX_DECODED_BYTES} bytes of "
+                               "images; take a subset (?n=) or a smaller ?size=")
+        samples.append((parts[-2], name, array))
     if not samples:
         where = f" under split {split!r}" if split else ""
         raise DatasetError(f"{source}: no images found{where} (layout: [split/]class/image)")
@@ -62,7 +89,7 @@ def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int
     else:
         lookup = {c: i for i, c in enumerate(classes)}
     samples.sort(key=lambda s: s[1])
-    arrays = [_decode(name, blob, size) for _, name, blob in samples]
+    arrays = [a for _, _, a in samples]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DatasetError(f"{source}: images differ in size {sorted(shapes)[:3]}; pass "
@@ -70,6 +97,15 @@ def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor([lookup[c] for c, _, _ in samples], dtype=torch.long)
     return ImageSet(x, y, max(lookup.values()) + 1, source=source, split=split or "train")
+
+
+def load_image(path: Path, size: int | None, source: str) -> ImageSet:
+    """One image file as a set of one image (label 0)."""
+    if not path.is_file():
+        raise DatasetError(f"{source}: {path} is not a file")
+    arr = _decode(path.name, path.read_bytes(), size)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return ImageSet(x, torch.zeros(1, dtype=torch.long), 1, source=source)
 
 
 def load_imagefolder(path: Path, split: str | None, size: int | None, source: str) -> ImageSet:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from ..bounds import budget
 from ..data import DeviceLoader
 from ..train import accuracy, autocast
 from .base import DEFENSES, DefenseContext, Purified
@@ -27,15 +28,23 @@ class ANPParams(BaseModel):
     """ANP parameters (mask lr 0.2 as in the authors' release; BackdoorBench uses 0.01)."""
 
     model_config = ConfigDict(extra="forbid")
-    eps: float = Field(0.4, ge=0, description="noise radius")
-    steps: int = Field(1, ge=1, description="noise ascent steps")
+    eps: float = Field(0.4, ge=0, le=10, description="noise radius")
+    steps: int = budget("iterations", 1, le=100, description="noise ascent steps")
     alpha: float = Field(0.2, ge=0, le=1, description="clean/noisy trade-off")
-    iterations: int = Field(2000, ge=1, description="mask optimization steps")
-    lr: float = Field(0.2, gt=0)
-    batch_size: int = Field(128, ge=1)
+    iterations: int = budget("iterations", 2000, le=200_000, description="mask optimization "
+                             "steps")
+    lr: float = Field(0.2, gt=0, le=10)
+    batch_size: int = budget("batch", 128)
     prune_max: float = Field(0.9, gt=0, le=1)
-    prune_step: float = Field(0.05, gt=0)
+    prune_step: float = Field(0.05, ge=0.001, le=1, description="threshold step (at most "
+                              "1,000 thresholds are tried)")
     acc_ratio: float = Field(0.1, gt=0, lt=1)
+
+    def work(self, n: int, classes: int) -> float:
+        """Mask steps (each: noise ascent steps, then a clean and a noisy pass), then one
+        validation pass per pruning threshold."""
+        thresholds = self.prune_max / self.prune_step + 1
+        return float(self.iterations * self.batch_size * (self.steps + 2) + thresholds * n / 3)
 
 
 class NoisyBN(nn.Module):

@@ -20,26 +20,23 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..data import ImageSet
+from ..bounds import budget
+from ..inversion import InversionContext
 from ..models import head_of
 from ..registry import Registry
-from ..train import Batch, Progress, accuracy, no_progress
+from ..train import Batch, accuracy
 
-if TYPE_CHECKING:  # the attacks' inverted trigger imports the defenses' inversion
+if TYPE_CHECKING:
     from ..attacks import Trigger
 
 
 @dataclass
-class DefenseContext:
-    """What a method may use besides the model: the defender's data and the run settings."""
+class DefenseContext(InversionContext):
+    """What a method may use besides the model: the defender's data, the run settings, a
+    cache shared by the methods of one audit, and the triggers the audit knows (EP's oracle
+    data; methods that invert a trigger never see them, see `InversionContext`)."""
 
-    clean: ImageSet
-    val: ImageSet
-    device: torch.device
-    seed: int = 0
-    progress: Progress = no_progress
     triggers: list[Trigger] = field(default_factory=list)
-    cache: dict[str, Any] = field(default_factory=dict)  # shared by methods of one audit
 
 
 @dataclass
@@ -59,12 +56,16 @@ class TuneParams(BaseModel):
     """SGD fine-tuning settings shared by most methods (reference: CIFAR-10, ResNet-18)."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(0.01, gt=0)
+    epochs: int = budget("epochs", 10)
+    lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    batch_size: int = budget("batch", 128)
     augment: bool = Field(True, description="random crop + flip on the clean set")
+
+    def work(self, n: int, classes: int) -> float:
+        """Image passes (forward + backward of one image) on a defender's set of `n`."""
+        return float(self.epochs * n)
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `train.fit`."""
@@ -83,10 +84,16 @@ class ScaledBudget(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(10, ge=1)
-    scale_to: int | None = Field(2500, ge=1, description="epochs are counted for a defender's "
-                                 "set of this size (more epochs on a smaller set, the same "
-                                 "number of optimizer steps); null: epochs as given")
+    epochs: int = budget("epochs", 10)
+    scale_to: int | None = budget("images", 2500, description="epochs are counted for a "
+                                  "defender's set of this size (more epochs on a smaller set, "
+                                  "the same number of optimizer steps); null: epochs as given")
+
+
+    def step_images(self, n: int) -> float:
+        """Images one round of these epochs passes over: epochs x n, or epochs x scale_to
+        (the same steps at any n; independent of n, so a gateway can bound it unloaded)."""
+        return float(self.epochs * (self.scale_to or n))
 
 
 def scaled_epochs(p: ScaledBudget, n: int) -> int:
@@ -111,17 +118,6 @@ def purify(name: str, model: nn.Module, ctx: DefenseContext,
     result.record.setdefault("params", parsed.model_dump())
     result.record.setdefault("val_acc", accuracy(result.model, ctx.val))
     return result
-
-
-def fingerprint(model: nn.Module) -> str:
-    """SHA-1 of a model's parameters and buffers: equal weights, equal fingerprint."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def reinit_head(model: nn.Module, seed: int) -> nn.Linear:

@@ -24,8 +24,12 @@ class FPParams(TuneParams):
     """FP parameters."""
 
     acc_ratio: float = Field(0.1, gt=0, lt=1, description="allowed relative val-acc drop")
-    prune_step: float = Field(0.01, gt=0, le=0.5, description="share of channels per step")
+    prune_step: float = Field(0.01, ge=0.001, le=0.5, description="share of channels per step")
     max_prune: float = Field(0.95, gt=0, le=1, description="never prune more than this share")
+
+    def work(self, n: int, classes: int) -> float:
+        """Activations, one validation pass per pruning step, then fine-tuning."""
+        return float(self.epochs * n + (self.max_prune / self.prune_step + 1) * n / 3)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from .ft import FTParams, tune
 class FSTParams(FTParams):
     """FST parameters."""
 
-    alpha: float = Field(0.1, ge=0, description="weight of the inner-product penalty")
+    alpha: float = Field(0.1, ge=0, le=100, description="weight of the inner-product penalty")
 
 
 def fst_penalty(weight: torch.Tensor, w_ori: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from .base import DEFENSES, DefenseContext, Purified, TuneParams, reinit_head
 class FTParams(TuneParams):
     """The FT family's parameters (the authors' values)."""
 
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     project_head_norm: bool = Field(True, description="rescale the head's weight to its "
                                     "original norm after every step (the authors' code)")
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..bounds import budget
 from ..data import DeviceLoader, device_generator
 from .base import DEFENSES, DefenseContext, Purified
 
@@ -22,14 +23,19 @@ class IBAUParams(BaseModel):
     """I-BAU parameters."""
 
     model_config = ConfigDict(extra="forbid")
-    rounds: int = Field(5, ge=1)
-    K: int = Field(5, ge=1, description="fixed-point iterations")
-    lr: float = Field(1e-4, gt=0, description="Adam (amsgrad) learning rate")
-    batch_size: int = Field(256, ge=1)
-    delta_lr: float = Field(10.0, gt=0)
-    penalty: float = Field(0.001, ge=0)
-    inner_step: float = Field(0.1, gt=0)
+    rounds: int = budget("rounds", 5)
+    K: int = budget("iterations", 5, le=1000, description="fixed-point iterations")
+    lr: float = Field(1e-4, gt=0, le=10, description="Adam (amsgrad) learning rate")
+    batch_size: int = budget("batch", 256)
+    delta_lr: float = Field(10.0, gt=0, le=1e4)
+    penalty: float = Field(0.001, ge=0, le=1e4)
+    inner_step: float = Field(0.1, gt=0, le=100)
     patch_fraction: float = Field(0.01, gt=0, le=1)
+
+    def work(self, n: int, classes: int) -> float:
+        """Per round: a pass for the perturbation, then per batch an outer pass and K
+        vector-Jacobian products of the inner problem on the first batch."""
+        return float(self.rounds * (n + n + (n / self.batch_size) * self.K * self.batch_size))
 
 
 @DEFENSES.register("ibau", params=IBAUParams, summary="I-BAU: implicit backdoor adversarial "

@@ -9,22 +9,30 @@ betas 500, 1000, 1000; p 2; teacher 10 epochs; student SGD lr 0.01 constant.
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..bounds import budget
 from ..models import architecture, submodule
 from ..train import fit
 from .base import DEFENSES, DefenseContext, Purified, TuneParams
+
+_Beta = Annotated[float, Field(ge=0, le=1e6)]
 
 
 class NADParams(TuneParams):
     """NAD parameters."""
 
-    teacher_epochs: int = Field(10, ge=1)
-    betas: tuple[float, float, float] = (500.0, 1000.0, 1000.0)
-    p: float = Field(2.0, gt=0)
+    teacher_epochs: int = budget("epochs", 10)
+    betas: tuple[_Beta, _Beta, _Beta] = (500.0, 1000.0, 1000.0)
+    p: float = Field(2.0, gt=0, le=10)
+
+    def work(self, n: int, classes: int) -> float:
+        """Teacher epochs, then student epochs (with the teacher's forward pass)."""
+        return float((self.teacher_epochs + self.epochs * 4 / 3) * n)
 
 
 def attention_map(feat: torch.Tensor, p: float) -> torch.Tensor:

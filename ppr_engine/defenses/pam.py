@@ -28,7 +28,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ..bounds import budget
 from ..errors import SpecError
+from ..inversion import InversionParams, Inverter
 from ..train import autocast, fit
 from .base import (
     DEFENSES,
@@ -39,27 +41,32 @@ from .base import (
     scaled_epochs,
     triggers_fn,
 )
-from .bti import InversionParams, Inverter
+from .bti import inverted_batches
 
 
 class PAMParams(ScaledBudget):
     """PAM parameters (the authors' defense.sh values)."""
 
-    rho: float = Field(0.5, ge=0, description="step length toward theta_bd")
-    rounds: int = Field(3, ge=1, description="rounds of (inversion, PAM unlearning)")
-    epochs: int = Field(30, ge=1, description="PAM epochs per round (at `scale_to`)")
-    lr: float = Field(0.01, gt=0)
+    rho: float = Field(0.5, ge=0, le=100, description="step length toward theta_bd")
+    rounds: int = budget("rounds", 3, description="rounds of (inversion, PAM unlearning)")
+    epochs: int = budget("epochs", 30, description="PAM epochs per round (at `scale_to`)")
+    lr: float = Field(0.01, gt=0, le=10)
     momentum: float = Field(0.1, ge=0, lt=1, description="the authors' value")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     schedule: Literal["constant", "cosine"] = Field("constant", description="per round")
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = budget("batch", 128)
     augment: bool = Field(True, description="random crop + flip on the clean set")
     ratio: float = Field(0.2, gt=0, lt=1, description="share of each batch replaced by "
                          "reversed (or triggered) samples")
     data: Literal["bti", "trigger"] = Field("bti", description="unlearning data: BTI-DBF "
                                             "inverted samples, or the real trigger")
     inversion: InversionParams = Field(default_factory=InversionParams)
+
+    def work(self, n: int, classes: int) -> float:
+        """The inversion's rounds (none with `data: trigger`), and the PAM unlearning."""
+        inversion = self.inversion.work(n, classes, self.rounds) if self.data == "bti" else 0
+        return inversion + self.rounds * self.step_images(n)
 
 
 def path_shift(params: list[torch.Tensor], reference: list[torch.Tensor], rho: float
@@ -120,7 +127,7 @@ def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
     for r in range(p.rounds):
         if inverter is not None:
             inverter.run_round(model, ctx.progress)
-            transform = inverter.replace(p.ratio)
+            transform = inverted_batches(inverter, p.ratio)
         # the momentum buffer restarts each round (the authors keep one optimizer; at
         # momentum 0.1 a buffer fades within a few steps)
         fit(model, ctx.clean, epochs=epochs, lr=p.lr, momentum=p.momentum,

@@ -19,7 +19,11 @@ from .base import DEFENSES, DefenseContext, Purified, TuneParams
 class SAMParams(TuneParams):
     """FT-SAM parameters."""
 
-    rho: float = Field(2.0, gt=0)
+    rho: float = Field(2.0, gt=0, le=100)
+
+    def work(self, n: int, classes: int) -> float:
+        """Two passes per step."""
+        return float(2 * self.epochs * n)
     adaptive: bool = True
     label_smoothing: float = Field(0.1, ge=0, lt=1)
 

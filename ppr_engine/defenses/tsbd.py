@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ..bounds import budget
 from ..data import DeviceLoader
 from ..train import accuracy, fit
 from .base import DEFENSES, DefenseContext, Purified, TuneParams
@@ -40,20 +41,25 @@ N_GRID = (0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9)
 class TSBDParams(TuneParams):
     """TSBD parameters (the reference code's values)."""
 
-    epochs: int = Field(20, ge=1, description="activeness-aware fine-tuning epochs")
-    batch_size: int = Field(256, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    unlearn_lr: float = Field(1e-4, gt=0)
+    epochs: int = budget("epochs", 20, description="activeness-aware fine-tuning epochs")
+    batch_size: int = budget("batch", 256)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    unlearn_lr: float = Field(1e-4, gt=0, le=10)
     unlearn_acc: float = Field(0.10, ge=0, le=1, description="stop unlearning at this clean "
                                "accuracy")
-    max_unlearn_epochs: int = Field(100, ge=1)
+    max_unlearn_epochs: int = budget("epochs", 100)
     m: float = Field(0.7, gt=0, le=1, description="share of the pooled weight changes zeroed")
     n: float | None = Field(None, gt=0, le=1, description="share of channels (None: chosen "
                             "on the validation split)")
     keep_val_acc: float = Field(0.5, gt=0, le=1, description="choose the largest n whose "
                                 "zeroed model keeps this share of the validation accuracy")
-    r: float = Field(0.05, ge=0, description="activeness probe radius")
+    r: float = Field(0.05, ge=0, le=100, description="activeness probe radius")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the probed gradient")
+
+    def work(self, n: int, classes: int) -> float:
+        """Clean unlearning (at most max_unlearn_epochs), validation passes over the
+        candidate shares, then two passes per fine-tuning step."""
+        return float(self.max_unlearn_epochs * n + 20 * n / 3 + 2 * self.epochs * n)
 
 
 def ranked_convolutions(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:

@@ -33,6 +33,10 @@ class Architecture:
     std: tuple[float, float, float]
     head: str  # dotted path of the final nn.Linear
     stages: tuple[str, ...]  # dotted paths of the last stages (NAD attention, BTI features)
+    # how BTI-DBF's benign-feature bound applies to the last stage's features: "absolute"
+    # where they are the authors' (CIFAR ResNet-18, layer4, CIFAR normalization), else
+    # "relative" to their mean square (see ppr_engine.inversion.inverter)
+    feature_bound: str = "relative"
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
@@ -90,6 +94,18 @@ def frozen_copy(model: nn.Module, train_mode: bool) -> nn.Module:
     for q in out.parameters():
         q.requires_grad_(False)
     return out
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-1 of a model's parameters and buffers: equal weights, equal fingerprint (a cache
+    key for work done on one model, e.g. a pre-trained generator)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def head_of(model: nn.Module) -> nn.Linear:

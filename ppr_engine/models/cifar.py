@@ -110,14 +110,14 @@ class VGG16BN(nn.Module):
 def _resnet18() -> Architecture:
     """CIFAR ResNet-18 (3x3 stem, no max-pool), the paper's backbone."""
     return Architecture(lambda n: ResNet18(n), 32, CIFAR_MEAN, CIFAR_STD, "linear",
-                        ("layer2", "layer3", "layer4"))
+                        ("layer2", "layer3", "layer4"), feature_bound="absolute")
 
 
 @register("preact_resnet18")
 def _preact() -> Architecture:
     """PreAct-ResNet-18, BackdoorBench's default CIFAR model."""
     return Architecture(lambda n: ResNet18(n, preact=True), 32, CIFAR_MEAN, CIFAR_STD,
-                        "linear", ("layer2", "layer3", "layer4"))
+                        "linear", ("layer2", "layer3", "layer4"), feature_bound="absolute")
 
 
 @register("vgg16_bn")

@@ -19,6 +19,7 @@ from ..store.db import new_id
 from ..uploads import read_form
 
 router = APIRouter(tags=["datasets"])
+MAX_NAME = 200  # the column holds 255
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 429,
                                                   503)}
 UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -35,10 +36,14 @@ async def upload_dataset(request: Request, principal: Principal, settings: Setti
                          store: StoreDep, artifacts: ArtifactsDep) -> DatasetView:
     """Upload a dataset archive; it is checked member by member before it is kept."""
     form = await read_form(request, artifacts, "archive", settings.max_dataset_bytes,
-                           ("name",))
+                           ("name",), {"name": 4 * MAX_NAME})
     upload = form.upload
     if upload is None or upload.size == 0:
         raise ApiError(422, "missing or empty file field 'archive'")
+    given = form.fields.get("name")
+    if given is not None and (not 1 <= len(given) <= MAX_NAME or not given.isprintable()):
+        upload.abort()
+        raise ApiError(422, f"name: a dataset name is 1 to {MAX_NAME} printable characters")
     name = Path(form.filename).name
     suffix = next((s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True)
                    if name.lower().endswith(s)), None)
@@ -59,7 +64,7 @@ async def upload_dataset(request: Request, principal: Principal, settings: Setti
     key = f"datasets/{dataset_id}{suffix}"
     upload.commit(key)
     ds = store.add_dataset(id=dataset_id, principal=principal,
-                           name=form.fields.get("name") or name, key=key, sha256=upload.sha256,
+                           name=(given or name)[:MAX_NAME], key=key, sha256=upload.sha256,
                            size=upload.size, files=files)
     return DatasetView.of(ds)
 

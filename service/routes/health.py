@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from ..deps import QueueDep, StoreDep
+from ..deps import QueueDep, StoreDep, metrics_access
+from ..schemas import ErrorBody
 
 router = APIRouter(tags=["health"])
 
@@ -35,7 +36,9 @@ def readyz(store: StoreDep, queue: QueueDep) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", operation_id="metrics", response_class=PlainTextResponse)
+@router.get("/metrics", operation_id="metrics", response_class=PlainTextResponse,
+            dependencies=[Depends(metrics_access)],
+            responses={code: {"model": ErrorBody} for code in (401, 429)})
 def metrics(store: StoreDep, queue: QueueDep) -> PlainTextResponse:
     """Prometheus text format: jobs by state, job durations, queue depth, live workers."""
     lines = ["# HELP ppr_jobs Jobs by state.", "# TYPE ppr_jobs gauge"]

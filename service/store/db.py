@@ -285,6 +285,26 @@ class JobStore:
                 lease_until=t + dt.timedelta(seconds=lease_s), updated_at=t))
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
+    def renew(self, job_id: str, worker: str, lease_s: float) -> bool:
+        """Renew the lease of a running job (the supervisor's heartbeat, which needs no
+        progress); returns True if cancel was requested."""
+        t = now()
+        with self.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id, Job.worker == worker,
+                                        Job.state == "running").values(
+                lease_until=t + dt.timedelta(seconds=lease_s)))
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def release(self, job_id: str, worker: str, reason: str) -> None:
+        """Give a running job back to the queue because its worker is stopping: queued and
+        not dispatched, so a gateway's dispatcher sends it to another worker; the attempt
+        does not count."""
+        with self.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id, Job.worker == worker,
+                                        Job.state == "running").values(
+                state="queued", lease_until=None, worker=None, dispatched=False,
+                attempts=Job.attempts - 1, message=reason[:2000], updated_at=now()))
+
     def finish(self, job_id: str, worker: str, state: str, *, error: str | None = None,
                error_kind: str | None = None, artifacts: dict[str, str] | None = None) -> bool:
         """Mark the job final, only if this worker still owns it; True if it did."""

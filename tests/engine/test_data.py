@@ -150,3 +150,19 @@ def test_device_loader_augments_on_the_device_and_is_seeded():
     assert a[0].dtype == torch.float32 and 0 <= float(a[0].min()) and float(a[0].max()) <= 1
     plain = torch.cat([x for x, _ in data.DeviceLoader(ds, 128, shuffle=False)])
     assert torch.equal(plain, ds.x.float() / 255)
+
+
+@pytest.mark.parametrize("side,says", [(7000, "claims 7000x7000 pixels, more than the 40000000"),
+                                       (20_000, "claims more pixels than the 40000000")])
+def test_an_image_claiming_too_many_pixels_is_refused_before_decoding(tmp_path, side, says):
+    """Both below PIL's own decompression-bomb error (7000 x 7000 = 49 M pixels) and above
+    it, the header's size is checked before a pixel is decoded."""
+    from ppr_engine import data
+    from ppr_engine.errors import DatasetError
+
+    from ..service.test_hostile import bomb_png
+
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "a.png").write_bytes(bomb_png(side, side))
+    with pytest.raises(DatasetError, match=says):
+        data.load(f"imagefolder:{tmp_path}")

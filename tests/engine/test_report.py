@@ -115,9 +115,12 @@ def test_an_unconfident_detection_is_shown_not_hidden():
     assert "confirmed by the smallest-trigger scan: class 3 needs" in md
     assert "the detection is right" in md
     assert "held back" not in render(r, "md")[0]
-    r.methods[0].record["fallback_shares"] = [0.97, 0.12]
+    r.methods[0].record["inversion_rounds"] = [
+        {"held_back": 0.97, "held_back_pixel": 0.9, "held_back_feature": 0.2},
+        {"held_back": 0.12, "held_back_pixel": 0.0, "held_back_feature": 0.12}]
     for text in render(r, "md")[0], render(r, "html")[0]:
-        assert "the generator spent 97%, 12% of its steps (by round) held back" in text
+        assert ("the generator spent 97% (pixel 90%, feature 20%), 12% (pixel 0%, feature "
+                "12%) of its steps (by round) held back") in text
 
 
 def _trigger(p_asr: float, budgets: list[tuple[int, float, float]]) -> TriggerResult:

@@ -247,7 +247,8 @@ def test_an_artifact_store_failing_mid_write_fails_the_job_and_serves_nothing(
     from service.store.artifacts import ArtifactStore
     from worker.runner import run_job
 
-    s = Settings(data_dir=tmp_path / "state")
+    # inline: the write is patched in this process (a job's child would not see it)
+    s = Settings(data_dir=tmp_path / "state", job_process="inline")
     with TestClient(create_app(s)) as c:
         job_id = submit(c, small_checkpoint, quick_spec()).json()["id"]
         real, written = ArtifactStore.write_bytes, []

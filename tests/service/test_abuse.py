@@ -35,7 +35,7 @@ def test_reads_past_the_rate_get_429_with_retry_after(tmp_path):
 
 
 def test_submissions_have_their_own_rate_and_an_active_job_cap(tmp_path, small_checkpoint):
-    with make(tmp_path, submit_rate_per_min=600, submit_burst=1) as c:
+    with make(tmp_path, submit_rate_per_min=6, submit_burst=1) as c:
         assert submit(c, small_checkpoint, quick_spec()).status_code == 202
         r = submit(c, small_checkpoint, quick_spec())
         assert r.status_code == 429 and "submissions" in r.json()["error"]["message"]
@@ -51,12 +51,12 @@ def test_submissions_have_their_own_rate_and_an_active_job_cap(tmp_path, small_c
 
 
 @pytest.mark.parametrize("change,says", [
-    (lambda s: s["plan"]["methods"][0].update(epochs=10_000),
-     "plan.methods[0] (ft).epochs is 10000, the limit is 500"),
+    (lambda s: s["plan"]["methods"][0].update(epochs=900),
+     "plan.methods[0] (ft).epochs is 900, the limit is 500"),
     (lambda s: s["plan"]["methods"].__setitem__(0, {"name": "bti_dbf", "inversion": {
-        "gen_epochs": 9999}}), "inversion.gen_epochs is 9999"),
+        "gen_epochs": 999}}), "inversion.gen_epochs is 999"),
     (lambda s: s["plan"]["retune"].update(sweep=[[5, 1]] * 11),
-     "plan.retune.sweep (points) is 11, the limit is 10"),
+     "plan.retune.sweep (count) is 11, the limit is 10"),
     (lambda s: s["plan"]["qra"].update(epochs=501), "plan.qra.epochs is 501"),
     (lambda s: s["data"].update(clean="synthetic:?n=5000000&seed=2"),
      "data.clean n is 5000000, the limit is 200000"),
@@ -97,3 +97,60 @@ def test_tokens_from_a_file_and_never_in_the_logs(tmp_path, small_checkpoint, ca
             .status_code == 401
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert logged and "s3cret" not in logged
+
+
+def test_failed_logins_are_throttled_per_address_whatever_the_token(tmp_path):
+    """300 wrong tokens at full speed: past the failure budget the address gets 429 with
+    Retry-After, even for a valid token (guessing cannot continue with one right guess in
+    between), while other principals' requests from elsewhere are unaffected."""
+    with make(tmp_path, tokens={"right-token": "alice"}, auth_fail_rate_per_min=6,
+              auth_fail_burst=5) as c:
+        codes = [c.get("/v1/jobs", headers={"Authorization": f"Bearer wrong-{i}"}).status_code
+                 for i in range(300)]
+        assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}, codes[:10]
+        r = c.get("/v1/jobs", headers={"Authorization": "Bearer right-token"})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert "failed logins" in r.json()["error"]["message"]
+    with make(tmp_path / "b", tokens={"right-token": "alice"}) as c:
+        assert c.get("/v1/jobs", headers={"Authorization": "Bearer right-token"}
+                     ).status_code == 200
+
+
+def test_metrics_need_a_token_when_the_service_has_tokens(tmp_path):
+    with make(tmp_path, tokens={"tok-a": "alice"}) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers={"Authorization": "Bearer tok-a"}).status_code == 200
+    with make(tmp_path / "m", tokens={"tok-a": "alice"}, metrics_token="scrape-me") as c:
+        assert c.get("/metrics", headers={"Authorization": "Bearer tok-a"}).status_code == 401
+        r = c.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert r.status_code == 200 and "ppr_jobs" in r.text
+    with make(tmp_path / "open") as c:  # local single-user mode: open, as every route
+        assert c.get("/metrics").status_code == 200
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_tokens(tmp_path):
+    import subprocess
+    import sys
+
+    from ..e2e.test_serve_and_gate import ROOT, clean_env
+
+    r = subprocess.run([sys.executable, "-m", "ppr_cli.main", "serve", "--host", "0.0.0.0",
+                        "--no-worker"], cwd=ROOT, env=clean_env(tmp_path / "state"),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "refusing to listen on 0.0.0.0 without tokens" in r.stderr
+
+
+def test_text_parts_count_toward_one_total_chunked_or_not(tmp_path, small_checkpoint):
+    """Many text parts (unknown names are refused at once; here repeated and oversized
+    ones), sent chunked without a Content-Length: refused once the text passes the limit,
+    before the rest is read."""
+    def body():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"spec\"\r\n\r\n"
+        for _ in range(40):
+            yield b"x" * (1 << 20)  # 40 MB of spec text
+        yield b"\r\n--b--\r\n"
+
+    with make(tmp_path) as c:
+        r = c.post("/v1/audits", content=body(),
+                   headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 422 and "spec is more than 65536 bytes" in r.text

@@ -97,23 +97,6 @@ def test_cancel_a_queued_job_and_the_worker_skips_it(client, app, small_checkpoi
     assert r.status_code == 409 and "cancelled" in r.json()["error"]["message"]
 
 
-def test_cancel_reaches_a_running_audit(client, app, small_checkpoint):
-    job_id = submit(client, small_checkpoint, quick_spec()).json()["id"]
-    store = app.state.store
-    real = store.heartbeat
-
-    def cancel_then_beat(*args, **kw):  # the caller cancels while the job runs
-        store.request_cancel(job_id, "local")
-        return real(*args, **kw)
-
-    store.heartbeat = cancel_then_beat
-    try:
-        assert run(app, job_id).status == "cancelled"
-    finally:
-        store.heartbeat = real
-    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
-
-
 BAD = {
     "malformed spec": (lambda s: "{not json", "spec is not valid JSON"),
     "unknown field": (lambda s: json.dumps({**s, "colour": 1}), "colour: Extra inputs"),
@@ -170,7 +153,9 @@ def test_pickle_payload_is_refused_and_never_runs(client, settings, tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    r = client.post("/v1/audits", files={"checkpoint": ("evil.pt", pickle.dumps(Payload()))},
+    # padded to a checkpoint's size, so that the unpickler, not the size check, refuses it
+    evil = pickle.dumps((Payload(), b"\0" * 300_000))
+    r = client.post("/v1/audits", files={"checkpoint": ("evil.pt", evil)},
                     data={"spec": json.dumps(quick_spec())})
     assert r.status_code == 422
     assert "evil.pt: refused" in r.json()["error"]["message"]

@@ -26,6 +26,8 @@ def test_compose_structure():
         assert any("artifacts" in v for v in services[name]["volumes"])
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert {"redis-data", "postgres-data", "artifacts"} <= set(doc["volumes"])
+    # the API listens on 0.0.0.0: compose refuses to start it without tokens
+    assert services["api"]["environment"]["PPR_TOKENS"].startswith("${PPR_TOKENS:?")
     assert services["api"]["command"][-2:] == ["--workers", "2"]
     # the worker's healthcheck asks for its heartbeat (tests/integration/test_celery_redis.py)
     assert services["worker"]["healthcheck"]["test"][1:4] == ["ppr", "worker", "--check"]

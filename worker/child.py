@@ -1,0 +1,130 @@
+"""What runs inside a job's child process (see `worker.supervise`): the audit itself, with
+a progress writer that renews the lease, carries cancellation and applies the soft time
+limit, and the outputs written atomically. Imported by the fork server, so that the engine
+is loaded once per worker, not once per job."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import ppr_engine.audit  # noqa: F401  (loaded in the fork server, before any job)
+from ppr_engine.errors import Cancelled, InputError, TimeLimitExceeded
+from ppr_engine.spec import AuditSpec
+from service.settings import Settings
+from service.store.artifacts import ArtifactStore
+from service.store.db import JobStore
+
+log = logging.getLogger("ppr.worker")
+
+
+class ProgressWriter:
+    """Throttled progress writes; raises Cancelled when the job was cancelled and
+    TimeLimitExceeded past the job's time limit (the soft limit)."""
+
+    def __init__(self, store: JobStore, job_id: str, worker: str, settings: Settings,
+                 started: float | None = None) -> None:
+        self.store, self.job_id, self.worker, self.settings = store, job_id, worker, settings
+        self.started = time.monotonic() if started is None else started
+        self.last = 0.0
+        self.stage = ""
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        limit = self.settings.job_time_limit_s
+        if now - self.started > limit:
+            raise TimeLimitExceeded(f"time limit: the job ran longer than {limit} s "
+                                    "(PPR_JOB_TIME_LIMIT_S) and was stopped")
+        stage_changed = stage != self.stage
+        if not stage_changed and now - self.last < self.settings.progress_interval_s:
+            return
+        self.last, self.stage = now, stage
+        cancel = self.store.heartbeat(self.job_id, self.worker, self.settings.lease_s,
+                                      stage=stage, progress=max(0.0, min(1.0, fraction)),
+                                      message=message)
+        if cancel:
+            raise Cancelled(f"job {self.job_id} was cancelled")
+
+
+def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
+            artifacts: ArtifactStore, started: float | None = None) -> dict[str, Any]:
+    """Run the claimed job and return its outcome (the fields of `supervise.Finished`)."""
+    job = store.get(job_id)
+    assert job is not None
+    writer = ProgressWriter(store, job_id, worker, settings, started)
+    try:
+        spec = AuditSpec.model_validate_json(job.spec)
+        outcome = ppr_engine.audit.run(
+            spec, artifacts.path(job.checkpoint_key), kind=job.kind, progress=writer,
+            resolve_dataset=_dataset_resolver(store, job.principal, artifacts),
+            roots=settings.data_roots or [], max_checkpoint_bytes=settings.max_upload_bytes,
+            checkpoint_name=job.checkpoint_name, max_work=settings.spec_limits.max_work)
+        saved = _save_outputs(job_id, job.kind, spec, outcome, artifacts)
+    except TimeLimitExceeded as exc:
+        return {"status": "failed", "error": str(exc), "error_kind": "time_limit"}
+    except Cancelled:
+        return {"status": "cancelled"}
+    except InputError as exc:
+        return {"status": "failed", "error": str(exc), "error_kind": "input"}
+    except Exception as exc:  # noqa: BLE001 - any other failure is the system's
+        log.exception("job %s failed", job_id)
+        artifacts.delete_prefix(f"jobs/{job_id}/out")  # no output of a failed attempt stays
+        return {"status": "failed", "error": f"system error: {type(exc).__name__}: {exc}"[:2000],
+                "error_kind": "system"}
+    return {"status": "succeeded", "artifacts": saved}
+
+
+def run_child(job_id: str, worker: str, settings_json: str, conn, started: float) -> None:
+    """The child's entry point: run the job, send its outcome, exit."""
+    from .supervise import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides what a Ctrl-C means
+    settings = Settings.model_validate_json(settings_json)
+    store = JobStore(settings.db_url)
+    outcome = execute(job_id, worker, settings, store, ArtifactStore(settings.artifact_dir),
+                      started)
+    conn.send(outcome)
+    conn.close()
+
+
+def _dataset_resolver(store: JobStore, principal: str, artifacts: ArtifactStore):
+    from ppr_engine.errors import DatasetError
+
+    def resolve(dataset_id: str) -> Path:
+        ds = store.get_dataset(dataset_id, principal)
+        if ds is None:
+            raise DatasetError(f"dataset:{dataset_id}: no such dataset")
+        return artifacts.path(ds.key)
+
+    return resolve
+
+
+def _save_outputs(job_id: str, kind: str, spec: AuditSpec, outcome, artifacts: ArtifactStore
+                  ) -> dict[str, str]:
+    """Write reports (and the purified checkpoint) atomically; return name -> key."""
+    from ppr_engine.checkpoint import save_model
+    from ppr_engine.report import render
+
+    saved: dict[str, str] = {}
+    prefix = f"jobs/{job_id}/out"
+    if kind == "purify" and spec.plan.methods:
+        key = spec.plan.methods[0].key
+        model = outcome.models.get(key)
+        if model is None:
+            stages = [s for m in outcome.report.methods for s in m.stages if s.status == "failed"]
+            raise InputError(f"{key} failed: " + "; ".join(f"{s.name}: {s.error}"
+                                                           for s in stages))
+        path = artifacts.path(f"{prefix}/purified.safetensors")
+        save_model(model, path, method=key,
+                   source_sha256=outcome.report.provenance.checkpoint_sha256)
+        saved["purified.safetensors"] = f"{prefix}/purified.safetensors"
+    for fmt in ("json", "md", "html"):
+        body, _ = render(outcome.report, fmt)
+        artifacts.write_bytes(f"{prefix}/report.{fmt}", body.encode("utf-8"))
+        saved[f"report.{fmt}"] = f"{prefix}/report.{fmt}"
+    return saved

@@ -1,0 +1,130 @@
+"""Running one job in a child process the worker can always stop.
+
+Celery's solo pool (one job at a time, in the worker process: CUDA does not survive a fork)
+applies no time limit, and a job that is computing never looks at its cancel flag between
+two progress reports. So the worker runs each job in a child process and watches it: every
+`heartbeat_s` it renews the job's lease (a stage that reports nothing for minutes keeps its
+lease) and reads the cancel flag; it kills the child when the job is cancelled (the job is
+`cancelled` within seconds, whatever loop it was in), when the job outlives
+`job_time_limit_s` plus a grace period (the job fails with "time limit", never retried), or
+when the worker itself is asked to stop (the job is released to the queue, never orphaned).
+The child reports progress itself (and stops at its next report past the time limit: the
+soft limit); it sends its outcome back through a pipe.
+
+The children fork from a server process that has imported the engine but never touched
+CUDA (`forkserver`), so a job starts in milliseconds rather than re-importing torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from service.settings import Settings
+from service.store.db import JobStore
+
+log = logging.getLogger("ppr.worker")
+
+_CONTEXT: Any = None
+
+
+def context():
+    """The multiprocessing context children start from (forkserver on Linux, with the
+    engine imported once; spawn elsewhere)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        if sys.platform.startswith("linux"):
+            _CONTEXT = mp.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["worker.child"])
+        else:
+            _CONTEXT = mp.get_context("spawn")
+    return _CONTEXT
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (best effort elsewhere)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+@dataclass
+class Finished:
+    """How a supervised job ended: the child's own outcome, or why it was stopped."""
+
+    status: str  # succeeded | failed | cancelled | released | crashed
+    error: str | None = None
+    error_kind: str | None = None
+    artifacts: dict[str, str] | None = None
+
+
+def grace_s(limit_s: float) -> float:
+    """How long past the time limit a child may run before it is killed (the soft limit
+    stops it at its next progress report before that)."""
+    return min(120.0, max(2.0, 0.1 * limit_s))
+
+
+def supervise(job_id: str, worker: str, settings: Settings, store: JobStore,
+              should_stop: Callable[[], bool], heartbeat_s: float = 1.0,
+              target: Callable | None = None) -> Finished:
+    """Run `job_id` (already claimed by `worker`) in a child and watch it (see module);
+    `target` replaces the child's entry point (`child.run_child`)."""
+    from .child import run_child
+
+    ctx = context()
+    receive, send = ctx.Pipe(duplex=False)
+    started = time.monotonic()
+    proc = ctx.Process(target=target or run_child, args=(job_id, worker, settings.model_dump_json(),
+                                               send, started), daemon=True)
+    proc.start()
+    send.close()
+    deadline = started + settings.job_time_limit_s + grace_s(settings.job_time_limit_s)
+    try:
+        while True:
+            if receive.poll(heartbeat_s):
+                try:
+                    outcome = receive.recv()
+                except EOFError:  # the child died without a word (killed, out of memory)
+                    proc.join(10)
+                    return Finished("crashed", f"the job's process died (exit code "
+                                    f"{proc.exitcode})", "system")
+                proc.join(30)
+                return Finished(**outcome)
+            if not proc.is_alive():
+                return Finished("crashed", f"the job's process died (exit code "
+                                f"{proc.exitcode})", "system")
+            if store.renew(job_id, worker, settings.lease_s):
+                _stop(proc)
+                return Finished("cancelled")
+            if time.monotonic() > deadline:
+                _stop(proc)
+                limit = settings.job_time_limit_s
+                return Finished("failed", f"time limit: the job ran longer than {limit} s "
+                                f"(PPR_JOB_TIME_LIMIT_S) and was stopped", "time_limit")
+            if should_stop():
+                _stop(proc)
+                return Finished("released", "the worker was stopped; the job went back to "
+                                "the queue", "system")
+    finally:
+        receive.close()
+        if proc.is_alive():
+            _stop(proc)
+
+
+def _stop(proc, wait_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `wait_s`."""
+    proc.terminate()
+    proc.join(wait_s)
+    if proc.is_alive():
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
