@@ -88,14 +88,17 @@ RULES = {"patch": ("patch",), "patch+warp": ("patch", "warp"),
 
 
 def run_one(attack: str, target: int | None, seed: int, device: torch.device,
-            cifar: tuple[dict[str, str], int] | None = None) -> dict:
+            cifar: tuple[dict[str, str], int] | None = None,
+            families: tuple[str, ...] = FAMILIES) -> dict:
     """Train one model and invert it (target None: a model trained clean)."""
     model, asr, clean = (cifar_model(attack, target or 0, seed, device, *cifar) if cifar
                          else backdoored_model(attack, target or 0, seed, device))
     train_part, val = data.train_val(clean, 0.1, seed=seed)
     start = time.perf_counter()
     ctx = DefenseContext(train_part, val, device, seed=seed)
-    det = invert(model, ctx, InversionParams(**BENCH_INVERSION)).detection
+    inversion = {**BENCH_INVERSION, "scan": {**BENCH_INVERSION["scan"],
+                                             "families": list(families)}}
+    det = invert(model, ctx, InversionParams(**inversion)).detection
     row = {"attack": attack, "target": target, "seed": seed,
            "asr": round(asr, 3) if asr is not None else None,
            "detected": det.target, "correct": det.target == target,
@@ -104,9 +107,10 @@ def run_one(attack: str, target: int | None, seed: int, device: torch.device,
            "scans": {r.family: {"smallest": r.smallest, "ratio": round(r.ratio, 3),
                                 "anomalous": r.anomalous} for r in det.scan.results},
            "seconds": round(time.perf_counter() - start, 1)}
-    for name, families in RULES.items():
-        sub = replace(det, scan=Scan([r for r in det.scan.results if r.family in families]))
-        row[f"confident:{name}"] = sub.confident
+    for name, rule in RULES.items():
+        if set(rule) <= set(families):
+            sub = replace(det, scan=Scan([r for r in det.scan.results if r.family in rule]))
+            row[f"confident:{name}"] = sub.confident
     row["confident"] = row["confident:" + "+".join(ScanParams().families)]
     return row
 
@@ -135,11 +139,12 @@ def table(rows: list[dict]) -> str:
             if not rs:
                 continue
             asr = "-" if t is None else f"{min(r['asr'] for r in rs):.2f}"
-            cells = [", ".join(_flag(r, fam) for r in rs) for fam in FAMILIES]
+            cells = [", ".join(_flag(r, fam) if fam in r["scans"] else "-" for r in rs)
+                     for fam in FAMILIES]
             per_rule = []
             for n in rules:
-                right = sum(r[f"confident:{n}"] and r["correct"] for r in rs)
-                wrong = sum(r[f"confident:{n}"] and not r["correct"] for r in rs)
+                right = sum(r.get(f"confident:{n}", False) and r["correct"] for r in rs)
+                wrong = sum(r.get(f"confident:{n}", False) and not r["correct"] for r in rs)
                 per_rule.append(f"{'-' if t is None else right} / {wrong}")
             gen_wrong = sum(r["generator_confident"] and not r["correct"] for r in rs)
             out.append(f"| {attack} | {'-' if t is None else t} | {asr} | "
@@ -157,6 +162,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--targets", nargs="+", type=int, default=list(TARGETS))
     ap.add_argument("--tag", default="", help="suffix of the result files (a partial run)")
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
+                    help="scan families to run (the rules over the others are left out)")
     ap.add_argument("--cifar", type=Path, help="cifar10-jpeg.tar.gz: real data instead")
     ap.add_argument("--cache", type=Path, help="decode the archive once into .npz files here")
     ap.add_argument("--epochs", type=int, default=30, help="CIFAR-10 training epochs")
@@ -175,7 +182,7 @@ def main() -> None:
     for s in a.seeds:
         for attack in a.attacks:
             for t in (None,) if attack.startswith("clean") else a.targets:
-                rows.append(run_one(attack, t, s, device, cifar))
+                rows.append(run_one(attack, t, s, device, cifar, tuple(a.families)))
                 print(rows[-1], flush=True)
                 (RESULTS / f"{name}.md").write_text(table(rows))
                 write(name, {
@@ -188,8 +195,8 @@ def main() -> None:
                     "confidently_wrong": {
                         "generator_alone": sum(r["generator_confident"] and not r["correct"]
                                                for r in rows),
-                        **{n: sum(r[f"confident:{n}"] and not r["correct"] for r in rows)
-                           for n in RULES}}})
+                        **{n: sum(r.get(f"confident:{n}", False) and not r["correct"]
+                                  for r in rows) for n in RULES}}})
 
 
 if __name__ == "__main__":

@@ -80,10 +80,16 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, float, str], None]]:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
             "{task.percentage:>3.0f}%"), TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("starting", total=1.0)
+        stages: dict[str, int] = {}  # one line per stage of the audit's plan, with its time
 
         def sink(stage: str, fraction: float, message: str) -> None:
-            if fraction >= 0:
-                bar.update(task, completed=fraction, description=message or stage)
+            if fraction < 0:
+                return
+            if stage not in stages:
+                for done in stages.values():
+                    bar.update(done, completed=1.0)
+                stages[stage] = bar.add_task(f"  {stage}", total=1.0)
+            bar.update(task, completed=fraction, description=message or stage)
 
         yield sink
 

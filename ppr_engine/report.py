@@ -21,16 +21,19 @@ class StageStatus(BaseModel):
     """One stage of the audit: what ran, whether it worked, how long it took."""
 
     name: str
-    status: Literal["ok", "failed", "skipped"] = "ok"
+    status: Literal["pending", "running", "ok", "failed", "skipped"] = "ok"
     error: str | None = None
     seconds: float = 0.0
 
 
 class SweepPoint(BaseModel):
-    """P-ASR at one (poisoned samples, epochs) budget."""
+    """P-ASR at one RA budget (poisoned samples, clean samples, epochs; `key` as in the
+    stage ids, e.g. 20x5)."""
 
     poison_num: int
     epochs: int
+    clean_num: int | None = None
+    key: str = ""
     p_asr: float | None = None
     baseline_p_asr: float | None = None
 
@@ -74,6 +77,7 @@ class TriggerResult(Scores):
     """A method's numbers against one trigger."""
 
     trigger: str
+    budget: SweepPoint | None = Field(None, description="the reference RA budget's point")
     sweep: list[SweepPoint] = Field(default_factory=list)
     qra: QRAResult | None = None
     lmc: LMCCurve | None = None
@@ -246,10 +250,7 @@ def _retune_spec(report: AuditReport) -> dict[str, Any]:
 
 def ra_budgets(report: AuditReport, t: TriggerResult) -> list[SweepPoint]:
     """Every RA budget run against one trigger: the reference budget, then the sweep."""
-    rs = _retune_spec(report)
-    ref = ([SweepPoint(poison_num=rs["poison_num"], epochs=rs.get("epochs", 0), p_asr=t.p_asr,
-                       baseline_p_asr=t.baseline_p_asr)] if "poison_num" in rs else [])
-    return ref + list(t.sweep)
+    return ([t.budget] if t.budget is not None else []) + list(t.sweep)
 
 
 def telling_budget(report: AuditReport, methods: list[MethodResult]) -> tuple[

@@ -256,10 +256,41 @@ class AuditSpec(_Strict):
             parse_clause(clause)
         return gate
 
+    @model_validator(mode="after")
+    def _plannable(self) -> AuditSpec:
+        check_plan(self)
+        return self
+
     def for_purify(self, method: MethodSpec) -> AuditSpec:
         """This spec with its plan reduced to one method (POST /purify?method=...)."""
         return self.model_copy(update={"plan": self.plan.model_copy(update={
             "methods": [method]})})
+
+
+# gate fields and the kind of stage that computes them (ppr_engine.audit.plan)
+FIELD_STAGES = {"p_asr": "retune", "p_cacc": "retune", "baseline_p_asr": "retune",
+                "gap": "retune", "max_gap": "retune", "qra_asr": "qra",
+                "qra_clean_to_target": "qra", "lmc_lambda50": "lmc"}
+
+
+def check_plan(spec: AuditSpec) -> None:
+    """Refuse what no executor could run, naming the stage that is missing: QRA without RA
+    (QRA is guided by the RA model), a gate clause on a field no stage of the plan computes."""
+    from .gate import parse_clause
+
+    plan = spec.plan
+    if plan.qra.enabled and not plan.retune.enabled and spec.triggers:
+        raise SpecError("plan.qra needs the retune stages (QRA is guided by the RA model): "
+                        "set plan.retune.enabled: true, or plan.qra.enabled: false")
+    enabled = {"retune": plan.retune.enabled, "qra": plan.qra.enabled, "lmc": plan.lmc.enabled}
+    for text in spec.gate:
+        c = parse_clause(text)
+        kind = FIELD_STAGES.get(c.field) if c.subject not in ("model", "baseline") else None
+        if kind is not None and (not enabled[kind] or not spec.triggers):
+            why = ("there is no trigger" if not spec.triggers
+                   else f"plan.{kind}.enabled is false")
+            raise SpecError(f"gate clause {text!r} needs the {kind} stages, which this plan "
+                            f"does not run ({why})")
 
 
 def load_spec(source: str | Path | dict[str, Any]) -> AuditSpec:

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         dispatcher = Dispatcher(app.state.store, app.state.queue,
-                                settings.dispatch_interval_s)
+                                settings.dispatch_interval_s, resend_s=max(5.0, settings.lease_s))
         dispatcher.start()
         # The gateway imports the engine (torch and friends): hundreds of thousands of
         # long-lived objects that every full garbage collection would walk, a pause of

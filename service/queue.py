@@ -12,6 +12,7 @@ from celery import Celery
 from .settings import Settings
 
 TASK_NAME = "ppr.run_job"
+STAGE_TASK = "ppr.run_stage"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -45,6 +46,10 @@ class Enqueuer:
     def enqueue(self, job_id: str) -> None:
         """Queue `job_id` (the message carries nothing else)."""
         self.app.send_task(TASK_NAME, args=[job_id], queue=self.settings.queue)
+
+    def enqueue_stage(self, job_id: str, stage_id: str) -> None:
+        """Queue one stage of a job (executor `stages`)."""
+        self.app.send_task(STAGE_TASK, args=[job_id, stage_id], queue=self.settings.queue)
 
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""

@@ -38,6 +38,7 @@ class JobView(BaseModel):
     message: str
     attempts: int
     error: str | None = None
+    stages: str | None = Field(None, description="the job's stages: GET this URL")
     error_kind: str | None = Field(None, description="'time_limit' (the job outlived "
                                    "PPR_JOB_TIME_LIMIT_S), 'input' (the request was wrong) or "
                                    "'system' (the service failed)")
@@ -58,6 +59,7 @@ class JobView(BaseModel):
             id=job.id, kind=job.kind, state=job.state, stage=job.stage, progress=job.progress,
             message=job.message, attempts=job.attempts, error=job.error,
             error_kind=job.error_kind, cancel_requested=job.cancel_requested,
+            stages=f"{base}/stages",
             checkpoint_name=job.checkpoint_name, checkpoint_sha256=job.checkpoint_sha256,
             created_at=utc(job.created_at), started_at=utc(job.started_at),
             finished_at=utc(job.finished_at), updated_at=utc(job.updated_at),
@@ -65,6 +67,28 @@ class JobView(BaseModel):
                         "html", report_md=f"{base}/report?format=md", cancel=base,
                         artifacts={name: f"{base}/artifacts/{name}"
                                    for name in json.loads(job.artifacts or "{}")}))
+
+
+class StageView(BaseModel):
+    """One stage of a job's plan (ppr_engine.audit.plan)."""
+
+    id: str = Field(..., description="stable id, e.g. purify:pam or retune:pam:badnets->0:20x5")
+    kind: str
+    state: str = Field(..., description="pending, running, ok, failed, skipped or cancelled")
+    needs: list[str]
+    attempts: int
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    seconds: float | None = None
+    progress: float
+    error: str | None = Field(None, description="why it failed or was skipped")
+
+    @classmethod
+    def of(cls, st: Any) -> StageView:
+        return cls(id=st.stage_id, kind=st.kind, state=st.state, needs=json.loads(st.needs),
+                   attempts=st.attempts, started_at=utc(st.started_at),
+                   finished_at=utc(st.finished_at), seconds=st.seconds, progress=st.progress,
+                   error=st.error)
 
 
 class JobAccepted(BaseModel):

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(6 * 3600, description="hard limit of one job")
     lease_s: float = Field(60.0, description="a running job's lease, renewed every second by "
                            "its worker")
+    executor: Literal["auto", "process", "stages"] = Field(
+        "auto", description="process: a job's stages run in order in one process; stages: "
+        "each stage is its own Celery task, so one audit spreads over every worker; auto: "
+        "stages with a broker, process in embedded mode")
     job_process: Literal["child", "inline"] = Field(
         "child", description="child: each job runs in a process the worker can stop (time "
         "limit, cancellation, shutdown); inline: in the worker process itself (debugging; "

@@ -60,6 +60,14 @@ def check_data_refs(spec: AuditSpec, principal: str, store: JobStore,
                         "HTTP; omit it (the EP model is the baseline)")
 
 
+def plan_rows(spec: AuditSpec) -> list[dict]:
+    """The job's stages as rows: id, kind, needs, what it waits for, estimated cost."""
+    from ppr_engine.audit.plan import plan_for
+
+    return [{"id": s.id, "kind": s.kind, "needs": list(s.needs), "waits": list(s.waits_for()),
+             "cost": s.cost} for s in plan_for(spec)]
+
+
 def data_size(text: str, principal: str, store: JobStore) -> int | None:
     """A data reference's image count where the gateway knows it without reading images:
     synthetic sets and subsets by `n`, uploads by their file count; None otherwise."""
@@ -184,6 +192,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             raise RateLimited(f"{active} of your jobs are queued or running (the limit is "
                               f"{settings.max_active_jobs}); wait for one to finish", 30)
         check_data_refs(spec, principal, store, settings)
+        stages = plan_rows(spec)  # an impossible plan is refused here, naming the stage
         await run_in_threadpool(load_model, upload.path, spec.model.arch,
                                 spec.model.num_classes, max_bytes=settings.max_upload_bytes,
                                 name=form.filename or FILE_FIELD)
@@ -195,7 +204,8 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
                              spec=spec.model_dump(mode="json"),
                              checkpoint_name=Path(form.filename).name[:255] or "checkpoint",
                              checkpoint_sha256=upload.sha256, checkpoint_key=ckpt_key,
-                             idempotency_key=key, request_sha256=request_sha256)
+                             idempotency_key=key, request_sha256=request_sha256,
+                             stages=stages)
         except KeyTaken:  # a concurrent submission with the same key won the race
             artifacts.delete_prefix(prefix)
             return _replay(store, principal, key, request_sha256)

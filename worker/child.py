@@ -49,6 +49,22 @@ class ProgressWriter:
             raise Cancelled(f"job {self.job_id} was cancelled")
 
 
+STATES = {"ok": "ok", "failed": "failed", "skipped": "skipped", "running": "running"}
+
+
+def stage_recorder(store: JobStore, job_id: str):
+    """The in-process executor's `on_stage`: each stage's state, time and error in the
+    job's stage rows (GET /v1/jobs/{id}/stages), as the distributed executor writes them."""
+
+    def record(status) -> None:
+        values = {"state": STATES.get(status.status, status.status), "error": status.error}
+        if status.status != "running":
+            values.update(seconds=status.seconds, progress=1.0)
+        store.record_stage(job_id, status.name, **values)
+
+    return record
+
+
 def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
             artifacts: ArtifactStore, started: float | None = None) -> dict[str, Any]:
     """Run the claimed job and return its outcome (the fields of `supervise.Finished`)."""
@@ -59,10 +75,13 @@ def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
         spec = AuditSpec.model_validate_json(job.spec)
         outcome = ppr_engine.audit.run(
             spec, artifacts.path(job.checkpoint_key), kind=job.kind, progress=writer,
-            resolve_dataset=_dataset_resolver(store, job.principal, artifacts),
+            resolve_dataset=dataset_resolver(store, job.principal, artifacts),
             roots=settings.data_roots or [], max_checkpoint_bytes=settings.max_upload_bytes,
-            checkpoint_name=job.checkpoint_name, max_work=settings.spec_limits.max_work)
-        saved = _save_outputs(job_id, job.kind, spec, outcome, artifacts)
+            checkpoint_name=job.checkpoint_name, max_work=settings.spec_limits.max_work,
+            on_stage=stage_recorder(store, job_id))
+        saved = save_outputs(job_id, job.kind, spec, outcome.report, outcome.models,
+                             artifacts)
+        store.record_stage(job_id, "report", state="ok", progress=1.0)
     except TimeLimitExceeded as exc:
         return {"status": "failed", "error": str(exc), "error_kind": "time_limit"}
     except Cancelled:
@@ -92,7 +111,7 @@ def run_child(job_id: str, worker: str, settings_json: str, conn, started: float
     conn.close()
 
 
-def _dataset_resolver(store: JobStore, principal: str, artifacts: ArtifactStore):
+def dataset_resolver(store: JobStore, principal: str, artifacts: ArtifactStore):
     from ppr_engine.errors import DatasetError
 
     def resolve(dataset_id: str) -> Path:
@@ -104,8 +123,8 @@ def _dataset_resolver(store: JobStore, principal: str, artifacts: ArtifactStore)
     return resolve
 
 
-def _save_outputs(job_id: str, kind: str, spec: AuditSpec, outcome, artifacts: ArtifactStore
-                  ) -> dict[str, str]:
+def save_outputs(job_id: str, kind: str, spec: AuditSpec, report, models: dict,
+                 artifacts: ArtifactStore) -> dict[str, str]:
     """Write reports (and the purified checkpoint) atomically; return name -> key."""
     from ppr_engine.checkpoint import save_model
     from ppr_engine.report import render
@@ -114,17 +133,17 @@ def _save_outputs(job_id: str, kind: str, spec: AuditSpec, outcome, artifacts: A
     prefix = f"jobs/{job_id}/out"
     if kind == "purify" and spec.plan.methods:
         key = spec.plan.methods[0].key
-        model = outcome.models.get(key)
+        model = models.get(key)
         if model is None:
-            stages = [s for m in outcome.report.methods for s in m.stages if s.status == "failed"]
+            stages = [s for m in report.methods for s in m.stages if s.status == "failed"]
             raise InputError(f"{key} failed: " + "; ".join(f"{s.name}: {s.error}"
                                                            for s in stages))
         path = artifacts.path(f"{prefix}/purified.safetensors")
         save_model(model, path, method=key,
-                   source_sha256=outcome.report.provenance.checkpoint_sha256)
+                   source_sha256=report.provenance.checkpoint_sha256)
         saved["purified.safetensors"] = f"{prefix}/purified.safetensors"
     for fmt in ("json", "md", "html"):
-        body, _ = render(outcome.report, fmt)
+        body, _ = render(report, fmt)
         artifacts.write_bytes(f"{prefix}/report.{fmt}", body.encode("utf-8"))
         saved[f"report.{fmt}"] = f"{prefix}/report.{fmt}"
     return saved

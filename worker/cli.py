@@ -82,6 +82,9 @@ def main(
 
     settings = get_settings()
     celery_app = build(settings)
+    from .supervise import warm_up
+
+    warm_up()
     device = settings.device or ("cuda" if gpu is not None else "auto")
     stop = threading.Event()
     threading.Thread(target=heartbeat, args=(settings, worker_id(), device, stop),

@@ -13,11 +13,20 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.queue import Enqueuer
 from service.settings import Settings
 from service.store.artifacts import ArtifactStore
 from service.store.db import JobStore
 
 from .supervise import Finished, supervise
+
+
+def executor(settings: Settings) -> str:
+    """How a job's plan runs: `process` (every stage in one supervised child, in order: the
+    embedded mode) or `stages` (each stage its own task, on any worker: with a broker)."""
+    if settings.executor != "auto":
+        return settings.executor
+    return "process" if settings.embedded else "stages"
 
 log = logging.getLogger("ppr.worker")
 
@@ -34,12 +43,12 @@ class Retry(Exception):
 class Outcome:
     """What happened to one delivery of a job id."""
 
-    status: str  # succeeded | failed | cancelled | released | skipped
+    status: str  # succeeded | failed | cancelled | released | skipped | dispatched
 
 
 def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: ArtifactStore,
             worker: str, final_attempt: bool = True,
-            should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+            should_stop: Callable[[], bool] = lambda: False, queue=None) -> Outcome:
     """Process one delivery of `job_id`."""
     claim = store.claim(job_id, worker, settings.lease_s)
     log.info("job %s: claim by %s -> %s", job_id, worker, claim)
@@ -48,12 +57,19 @@ def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: Arti
         return Outcome("skipped")
     if claim == "busy":
         raise Busy(job_id)
-    if settings.job_process == "inline":
-        from .child import execute
+    if executor(settings) == "stages":
+        from .stages import dispatch_ready
 
+        dispatch_ready(job_id, store, queue or Enqueuer(settings))
+        return Outcome("dispatched")
+    from .child import execute, run_child
+
+    if settings.job_process == "inline":
         done = Finished(**execute(job_id, worker, settings, store, artifacts))
     else:
-        done = supervise(job_id, worker, settings, store, should_stop)
+        done = supervise(run_child, (job_id, worker, settings.model_dump_json()),
+                         renew=lambda: store.renew(job_id, worker, settings.lease_s),
+                         should_stop=should_stop, time_limit_s=settings.job_time_limit_s)
     return _record(job_id, worker, done, store, artifacts, final_attempt)
 
 

@@ -28,9 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.settings import Settings
-from service.store.db import JobStore
-
 log = logging.getLogger("ppr.worker")
 
 _CONTEXT: Any = None
@@ -47,6 +44,19 @@ def context():
         else:
             _CONTEXT = mp.get_context("spawn")
     return _CONTEXT
+
+
+def warm_up() -> None:
+    """Start the fork server now and wait until it has imported the engine (seconds), not
+    inside a job's lease: a worker calls this before it takes its first task. A first
+    child started and joined is what waits for it."""
+    proc = context().Process(target=_nothing, daemon=True)
+    proc.start()
+    proc.join(300)
+
+
+def _nothing() -> None:
+    """The child `warm_up` starts."""
 
 
 def die_with_parent() -> None:
@@ -66,6 +76,8 @@ class Finished:
     error: str | None = None
     error_kind: str | None = None
     artifacts: dict[str, str] | None = None
+    result: str | None = None  # a stage's result (JSON)
+    seconds: float | None = None
 
 
 def grace_s(limit_s: float) -> float:
@@ -74,21 +86,20 @@ def grace_s(limit_s: float) -> float:
     return min(120.0, max(2.0, 0.1 * limit_s))
 
 
-def supervise(job_id: str, worker: str, settings: Settings, store: JobStore,
-              should_stop: Callable[[], bool], heartbeat_s: float = 1.0,
-              target: Callable | None = None) -> Finished:
-    """Run `job_id` (already claimed by `worker`) in a child and watch it (see module);
-    `target` replaces the child's entry point (`child.run_child`)."""
-    from .child import run_child
-
+def supervise(target: Callable, args: tuple, *, renew: Callable[[], bool],
+              should_stop: Callable[[], bool], time_limit_s: float,
+              started: float | None = None, heartbeat_s: float = 1.0) -> Finished:
+    """Run `target(*args, conn, started)` in a child and watch it (see module): `renew`
+    renews the lease and says whether the job was cancelled; `time_limit_s` counts from
+    `started` (monotonic; default now), the job's start when a stage of it runs."""
     ctx = context()
     receive, send = ctx.Pipe(duplex=False)
-    started = time.monotonic()
-    proc = ctx.Process(target=target or run_child, args=(job_id, worker, settings.model_dump_json(),
-                                               send, started), daemon=True)
+    started = time.monotonic() if started is None else started
+    proc = ctx.Process(target=target, args=(*args, send, started), daemon=True)
     proc.start()
     send.close()
-    deadline = started + settings.job_time_limit_s + grace_s(settings.job_time_limit_s)
+    renew()  # starting may take a while (the fork server's first start): keep the lease
+    deadline = started + time_limit_s + grace_s(time_limit_s)
     try:
         while True:
             if receive.poll(heartbeat_s):
@@ -103,14 +114,14 @@ def supervise(job_id: str, worker: str, settings: Settings, store: JobStore,
             if not proc.is_alive():
                 return Finished("crashed", f"the job's process died (exit code "
                                 f"{proc.exitcode})", "system")
-            if store.renew(job_id, worker, settings.lease_s):
+            if renew():
                 _stop(proc)
                 return Finished("cancelled")
             if time.monotonic() > deadline:
                 _stop(proc)
-                limit = settings.job_time_limit_s
-                return Finished("failed", f"time limit: the job ran longer than {limit} s "
-                                f"(PPR_JOB_TIME_LIMIT_S) and was stopped", "time_limit")
+                return Finished("failed", f"time limit: the job ran longer than "
+                                f"{time_limit_s:g} s (PPR_JOB_TIME_LIMIT_S) and was stopped",
+                                "time_limit")
             if should_stop():
                 _stop(proc)
                 return Finished("released", "the worker was stopped; the job went back to "

@@ -8,11 +8,12 @@ import socket
 from celery import Celery
 from celery.worker import state as worker_state
 
-from service.queue import TASK_NAME, make_celery
+from service.queue import STAGE_TASK, TASK_NAME, Enqueuer, make_celery
 from service.settings import Settings, get_settings
 from service.store.artifacts import ArtifactStore
 from service.store.db import JobStore, migrate
 
+from . import stages
 from .runner import Busy, Retry, run_job
 
 MAX_RETRIES = 2
@@ -41,6 +42,7 @@ def build(settings: Settings | None = None) -> Celery:
         if "store" not in state:  # opened in the worker process, after any fork
             state["store"] = JobStore(settings.db_url)
             state["artifacts"] = ArtifactStore(settings.artifact_dir)
+            state["queue"] = Enqueuer(settings)
         return state["store"], state["artifacts"]
 
     @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True,
@@ -50,13 +52,28 @@ def build(settings: Settings | None = None) -> Celery:
         try:
             out = run_job(job_id, settings=settings, store=store, artifacts=artifacts,
                           worker=worker_id(), final_attempt=self.request.retries >= MAX_RETRIES,
-                          should_stop=stopping)
+                          should_stop=stopping, queue=state["queue"])
         except Busy:
             raise self.retry(countdown=max(5, int(settings.lease_s)), max_retries=None) from None
         except Retry as exc:
             raise self.retry(countdown=10 * (self.request.retries + 1),
                              max_retries=MAX_RETRIES) from exc
         return out.status
+
+    @app.task(name=STAGE_TASK, bind=True, max_retries=None, acks_late=True,
+              reject_on_worker_lost=True)
+    def run_stage(self, job_id: str, stage_id: str) -> str:
+        store, artifacts = stores()
+        try:
+            return stages.run_stage_task(job_id, stage_id, settings=settings, store=store,
+                                         artifacts=artifacts, queue=state["queue"],
+                                         worker=worker_id(), should_stop=stopping,
+                                         final_attempt=self.request.retries >= MAX_RETRIES)
+        except stages.Busy:
+            raise self.retry(countdown=max(5, int(settings.lease_s)), max_retries=None) from None
+        except stages.Retry as exc:
+            raise self.retry(countdown=10 * (self.request.retries + 1),
+                             max_retries=MAX_RETRIES) from exc
 
     app.conf.ppr_settings = settings
     app.conf.ppr_stores = stores

@@ -50,6 +50,18 @@ class Trigger:
         """Triggers found in the model itself (`inverted`) learn here, from the model and the
         defender's data in `ctx` (a DefenseContext); a given trigger has nothing to learn."""
 
+    def learned(self) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+        """What learn() found, as (JSON-able values, modules), so that another process can
+        `restore` it (an audit's stages may run in several workers); nothing by default."""
+        return {}, {}
+
+    def restore(self, values: dict[str, Any], modules: dict[str, nn.Module]) -> None:
+        """Take the state `learned` returned (in another process)."""
+
+    def reseed(self) -> None:
+        """Reset any random stream the trigger draws from, so that a stage's draws do not
+        depend on which stages ran before it in the same process."""
+
     def data_refs(self) -> list[str]:
         """The data references the parameters name (the service checks each one)."""
         return []

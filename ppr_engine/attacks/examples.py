@@ -113,6 +113,9 @@ class Examples(Trigger):
         self._order = torch.randperm(len(attacking), generator=torch.Generator().manual_seed(
             self.p.seed + 2))
 
+    def reseed(self) -> None:
+        self._draw.manual_seed(self.p.seed + 1)
+
     def _bound(self) -> tuple[ImageSet, ImageSet]:
         if self.measured is None or self.attacking is None:
             raise SpecError("examples: the trigger's images are not loaded (bind it first)")

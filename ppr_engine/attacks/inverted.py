@@ -106,6 +106,18 @@ class Inverted(Trigger):
             margin=det.margin, conclusion=_conclusion(det), detection=inverter.record(),
             scan=det.scan.record(), examples=self._examples(model, ctx.val))
 
+    def learned(self) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+        if self.inversion is None or self.generator is None:
+            return {}, {}
+        return ({"inversion": self.inversion.model_dump(mode="json")},
+                {"generator": self.generator})
+
+    def restore(self, values: dict[str, Any], modules: dict[str, nn.Module]) -> None:
+        if "inversion" in values:
+            self.inversion = InversionResult.model_validate(values["inversion"])
+            self.target = self.inversion.target
+            self.generator = frozen_copy(modules["generator"], train_mode=False)
+
     def _examples(self, model: nn.Module, held_out: ImageSet) -> list[InvertedExample]:
         """The first held-out images of other classes, clean and inverted, as PNGs."""
         sub = self.non_target(held_out)

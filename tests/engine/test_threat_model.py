@@ -117,7 +117,7 @@ def test_sample_specific_triggers_use_the_test_bank_for_test_images_whatever_the
                  retune={"poison_num": 5, "clean_num": 95, "epochs": 1, "sweep": []})
     spec["triggers"] = [trig_spec]
     spec = validate_spec(spec)
-    d, _ = audit._load_data(spec, None, None, torch.device("cpu"))
+    d = audit.load_inputs(spec, ckpt)
     # the test bank, though the npz names no split
     assert (d.triggers[0].triggered_test(d.test).x == 200).all()
     assert (d.triggers[0].apply_set(d.pool) == 40).all()  # attacker images: the train bank

@@ -1,5 +1,6 @@
 """End to end through the real queue: HTTP submission, Redis, a real Celery worker
-process, PostgreSQL, and a worker killed with SIGKILL in the middle of an audit."""
+process, PostgreSQL, and the worker's health check. (A worker killed in the middle of an
+audit: tests/integration/test_stages.py.)"""
 
 from __future__ import annotations
 
@@ -57,27 +58,3 @@ def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
         time.sleep(2.5)
         dead = _check(dist_settings, 2)
         assert dead.returncode == 1 and "last:" in dead.stderr
-
-
-def test_worker_killed_mid_audit_the_job_completes_exactly_once(dist_settings, workers,
-                                                               small_checkpoint):
-    spec = quick_spec(["ft"])
-    spec["plan"]["methods"] = [{"name": "ft", "epochs": 40}]  # long enough to be killed
-    spec["data"]["clean"] = "synthetic:?n=1000&seed=2"
-    with TestClient(create_app(dist_settings)) as client:
-        first = workers.start("w1")
-        job_id = _submit(client, small_checkpoint, spec)
-        wait_for(lambda: (j := _state(client, job_id))["state"] == "running"
-                 and j["progress"] > 0.05, 120, what=f"job running\n{workers.log('w1')}")
-        workers.kill(first)
-        assert _state(client, job_id)["state"] == "running"  # nobody finished it
-        workers.start("w2")
-        job = wait_for(lambda: (j := _state(client, job_id))["state"] in (
-            "succeeded", "failed") and j, 240, what=f"job after kill\n{workers.log('w2')}")
-        assert job["state"] == "succeeded", job
-        assert job["attempts"] == 2
-        store = client.app.state.store
-        assert store.get(job_id).completions == 1  # finished exactly once
-        report = client.get(f"/v1/jobs/{job_id}/report").json()
-        assert report["methods"][0]["o_cacc"] is not None
-        assert all(s["status"] == "ok" for s in report["methods"][0]["stages"])

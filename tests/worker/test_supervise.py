@@ -119,7 +119,9 @@ def test_a_silent_child_is_killed_at_the_hard_limit_and_its_lease_kept(tmp_path,
         job_id = submit(client, small_checkpoint, quick_spec()).json()["id"]
         store = client.app.state.store
         assert store.claim(job_id, "w", settings.lease_s) == "claimed"
-        done = supervise(job_id, "w", settings, store, lambda: False, target=silent)
+        done = supervise(silent, (job_id, "w", settings.model_dump_json()),
+                         renew=lambda: store.renew(job_id, "w", settings.lease_s),
+                         should_stop=lambda: False, time_limit_s=settings.job_time_limit_s)
         lease = store.get(job_id).lease_until
     assert done.status == "failed" and done.error_kind == "time_limit"
     assert lease is not None  # renewed past the 2 s lease while the child was silent

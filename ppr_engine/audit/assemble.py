@@ -1,0 +1,155 @@
+"""The report, assembled from the stages' results and records: the `report` stage.
+
+Everything here is bookkeeping over numbers the stages computed: pairing each RA budget of
+a method with the baseline's under the same budget (by key), the worst case over triggers,
+the verdict, the headline and the gate. The stage list of the report is the executor's
+records, one per stage of the plan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..gate import evaluate
+from ..report import (
+    AuditReport,
+    BaselineInfo,
+    InversionResult,
+    LMCCurve,
+    MethodResult,
+    ModelResult,
+    QRAResult,
+    StageStatus,
+    SweepPoint,
+    TriggerResult,
+    headline,
+)
+from .plan import AuditPlan, Stage
+from .stages import Results
+from .verdict import VERDICT_RULE, verdict, worst
+
+
+def _point(stage: Stage, values: dict[str, Any]) -> SweepPoint:
+    b = stage.budget
+    assert b is not None
+    return SweepPoint(poison_num=b.poison, clean_num=b.clean, epochs=b.epochs, key=b.key,
+                      p_asr=values.get("p_asr"))
+
+
+def _baseline(plan: AuditPlan, results: Results, labels: list[str]) -> BaselineInfo:
+    info = BaselineInfo()
+    if "baseline" not in plan.ids or not results.ok("baseline"):
+        return info
+    v = results.values("baseline")
+    info.kind, info.description = v["kind"], v["description"]
+    info.c_acc, info.asr = v["c_acc"], dict(v["asr"])
+    for s in plan:
+        if s.kind == "retune" and s.method == "baseline" and results.ok(s.id):
+            label = labels[s.trigger]
+            point = _point(s, results.values(s.id))
+            if s.budget.reference:
+                info.p_asr[label] = point.p_asr
+            else:
+                info.sweep.setdefault(label, []).append(point)
+    return info
+
+
+def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
+            model: ModelResult, base: dict[str, dict[str, float | None]],
+            records: dict[str, StageStatus], spec) -> MethodResult:
+    if key == "model":
+        res = MethodResult(key="model", method="none", o_cacc=model.c_acc)
+        res.per_trigger = [TriggerResult(trigger=label, o_asr=model.asr.get(label))
+                           for label in labels if label in model.asr]
+    else:
+        ms = next(m for m in spec.plan.methods if m.key == key)
+        res = MethodResult(key=key, method=ms.name, params=ms.parsed().model_dump())
+        if results.ok(f"purify:{key}"):
+            v = results.values(f"purify:{key}")
+            res.record, res.o_cacc = v["record"], v["o_cacc"]
+            res.per_trigger = [TriggerResult(**t) for t in v["per_trigger"]]
+    by_label = {t.trigger: t for t in res.per_trigger}
+    for s in plan:
+        if s.method != key or s.id not in records:
+            continue
+        res.stages.append(records[s.id])
+        if not results.ok(s.id) or s.trigger is None or labels[s.trigger] not in by_label:
+            continue
+        t, v = by_label[labels[s.trigger]], results.values(s.id)
+        if s.kind == "retune":
+            point = _point(s, v)
+            point.baseline_p_asr = base.get(labels[s.trigger], {}).get(s.budget.key)
+            if s.budget.reference:
+                t.budget, t.p_asr, t.p_cacc = point, point.p_asr, v.get("p_cacc")
+                t.baseline_p_asr = point.baseline_p_asr
+                if t.baseline_p_asr is not None:
+                    t.gap = t.p_asr - t.baseline_p_asr
+            else:
+                t.sweep.append(point)
+        elif s.kind == "qra":
+            t.qra = QRAResult(**v)
+        elif s.kind == "lmc":
+            t.lmc = LMCCurve(**v)
+    for t in res.per_trigger:
+        t.max_gap = worst([p.p_asr - p.baseline_p_asr for p in
+                           ([t.budget] if t.budget else []) + t.sweep
+                           if p.p_asr is not None and p.baseline_p_asr is not None])
+    pt = res.per_trigger
+    res.o_asr = worst([t.o_asr for t in pt])
+    res.der = min((t.der for t in pt if t.der is not None), default=None)
+    res.p_asr = worst([t.p_asr for t in pt])
+    res.p_cacc = min((t.p_cacc for t in pt if t.p_cacc is not None), default=None)
+    res.baseline_p_asr = worst([t.baseline_p_asr for t in pt])
+    res.gap = worst([t.gap for t in pt])
+    res.max_gap = worst([t.max_gap for t in pt])
+    res.qra_asr = worst([t.qra.asr if t.qra else None for t in pt])
+    res.qra_clean_to_target = worst([t.qra.clean_to_target if t.qra else None for t in pt])
+    lams = [t.lmc.lambda50 if t.lmc.lambda50 is not None else 1.0 for t in pt if t.lmc]
+    res.lmc_lambda50 = min(lams) if lams and min(lams) < 1.0 else None
+    if res.o_cacc is not None and model.c_acc is not None:
+        res.acc_drop = model.c_acc - res.o_cacc
+    res.verdict = verdict(res, spec)  # type: ignore[assignment]
+    res.seconds = round(sum(st.seconds for st in res.stages), 3)
+    return res
+
+
+def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageStatus],
+             report: AuditReport) -> AuditReport:
+    """Fill `report` (provenance already set) from the stages, then headline and gate."""
+    from .plan import trigger_labels
+
+    labels = trigger_labels(spec)
+    ev = results.values("evaluate") if results.ok("evaluate") else {}
+    report.model = ModelResult(c_acc=ev.get("c_acc"), asr=dict(ev.get("asr", {})))
+    report.inversions = [InversionResult.model_validate(v) for v in ev.get("inversions", [])]
+    if report.inversions:
+        report.model.backdoors_found = sum(inv.found for inv in report.inversions)
+    report.stages = [records[sid] for sid in plan.ids if sid in records]
+    active = [labels[i] for i in ev.get("active", [])]
+    if spec.triggers and not active:  # every trigger was inverted: none found, or failed
+        return _finish(report, spec)
+    report.baseline = _baseline(plan, results, labels)
+    base: dict[str, dict[str, float | None]] = {}
+    for label in active:
+        base[label] = {}
+        for s in plan:
+            if (s.kind == "retune" and s.method == "baseline" and labels[s.trigger] == label
+                    and results.ok(s.id)):
+                base[label][s.budget.key] = results.values(s.id)["p_asr"]
+    keys = [m.key for m in spec.plan.methods] or ["model"]
+    report.methods = [_method(k, plan, results, labels, report.model, base, records, spec)
+                      for k in keys]
+    if "qra-transfer" in plan.ids and results.ok("qra-transfer"):
+        transfer = results.values("qra-transfer")["transfer"]
+        for m in report.methods:
+            for t in m.per_trigger:
+                if t.qra is not None:
+                    t.qra.transfer = dict(transfer.get(m.key, {}).get(t.trigger, {}))
+    report.verdict_rule = VERDICT_RULE
+    return _finish(report, spec)
+
+
+def _finish(report: AuditReport, spec) -> AuditReport:
+    report.headline = headline(report)
+    report.gate = evaluate(spec.gate, report)
+    return report

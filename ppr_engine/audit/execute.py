@@ -1,0 +1,110 @@
+"""The in-process executor: run a plan's stages in order in this process, recording each.
+
+Every stage is timed and recorded (`StageStatus`: ok, failed with its error, or skipped
+with the reason); a stage whose need did not succeed is skipped, and the audit goes on.
+Progress is the share of the plan's cost done (stage costs in image passes), reported with
+the running stage's id; the sink may raise `Cancelled` to stop the audit. The distributed
+executor (`worker.stages`) runs the same stages as Celery tasks over the same functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..errors import Cancelled
+from ..report import StageStatus
+from .inputs import AuditInputs
+from .plan import AuditPlan, Stage
+from .stages import Skipped, StageResult, run_stage
+
+# (stage id, overall fraction in [0, 1], message); it may raise Cancelled to stop the audit
+ProgressSink = Callable[[str, float, str], None]
+StageSink = Callable[[StageStatus], None]
+
+
+def quiet(stage: str, fraction: float, message: str) -> None:
+    """The sink that reports nothing."""
+
+
+class MemoryResults:
+    """Finished stages' results held in this process."""
+
+    def __init__(self) -> None:
+        self._results: dict[str, StageResult] = {}
+
+    def put(self, stage_id: str, result: StageResult) -> None:
+        self._results[stage_id] = result
+
+    def values(self, stage_id: str) -> dict[str, Any]:
+        return self._results[stage_id].values
+
+    def model(self, stage_id: str, name: str = "model") -> nn.Module:
+        return self._results[stage_id].models[name]
+
+    def ok(self, stage_id: str) -> bool:
+        return stage_id in self._results
+
+
+def blocked(stage: Stage, records: dict[str, StageStatus]) -> str | None:
+    """Why `stage` cannot run (a need that failed or was skipped), or None."""
+    for need in stage.needs:
+        rec = records.get(need)
+        if rec is None or rec.status != "ok":
+            state = "was skipped" if rec is not None and rec.status == "skipped" else "failed"
+            return f"needs {need}, which {state}"
+    return None
+
+
+def run_recorded(stage: Stage, inputs: AuditInputs, results, progress, plan_ids: list[str],
+                 records: dict[str, StageStatus]) -> tuple[StageStatus, StageResult | None]:
+    """Run one stage (unless blocked) and its record; Cancelled propagates."""
+    status = StageStatus(name=stage.id)
+    if (why := blocked(stage, records)) is not None:
+        status.status, status.error = "skipped", why
+        return status, None
+    start = time.perf_counter()
+    out = None
+    try:
+        out = run_stage(stage, inputs, results, progress, plan_ids)
+    except Cancelled:
+        raise
+    except Skipped as exc:
+        status.status, status.error = "skipped", str(exc)
+    except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the audit goes on
+        status.status = "failed"
+        status.error = f"{type(exc).__name__}: {exc}".strip()[:500]
+    status.seconds = round(time.perf_counter() - start, 3)
+    return status, out
+
+
+def execute(plan: AuditPlan, inputs: AuditInputs, *, progress: ProgressSink = quiet,
+            on_stage: StageSink | None = None) -> tuple[MemoryResults, dict[str, StageStatus]]:
+    """Run every stage but `report` in plan order; return the results and the records."""
+    results, records = MemoryResults(), {}
+    total = max(1.0, plan.total_cost)
+    done = 0.0
+    ids = plan.ids
+    for stage in plan:
+        if stage.kind == "report":
+            continue
+        base = done
+
+        def sub(message: str, fraction: float, stage=stage, base=base) -> None:
+            frac = (base + max(0.0, min(1.0, fraction)) * stage.cost) / total
+            progress(stage.id, min(1.0, frac), message)
+
+        sub(f"{stage.id}: starting", 0.0)
+        if on_stage is not None:
+            on_stage(StageStatus(name=stage.id, status="running"))
+        status, out = run_recorded(stage, inputs, results, sub, ids, records)
+        if out is not None:
+            results.put(stage.id, out)
+        records[stage.id] = status
+        if on_stage is not None:
+            on_stage(status)
+        done += stage.cost
+    return results, records

@@ -1,0 +1,37 @@
+"""The verdict of a method, from its numbers, and the rule stated in every report."""
+
+from __future__ import annotations
+
+from ..report import MethodResult
+from ..spec import AuditSpec
+
+VERDICT_RULE = ("degraded: O-C-Acc more than plan.retune.max_acc_drop below the submitted "
+                "model's C-Acc (acc_drop), whatever the ASR; not_removed: O-ASR above "
+                "plan.retune.removed_asr; superficial: removed, but under some RA budget (the "
+                "reference one or a sweep point) P-ASR exceeds the baseline's P-ASR under the "
+                "same budget by more than plan.retune.superficial_gap (the robustness score "
+                "max_gap); robust: removed, accuracy kept, and max_gap within that margin")
+
+
+def verdict(m: MethodResult, spec: AuditSpec) -> str:
+    """The rule of VERDICT_RULE; without a baseline, P-ASR against removed_asr. Accuracy
+    comes first: a method that breaks the model "removes" any backdoor, and calling it
+    robust would recommend it (FST at C-Acc 0.34 was, in docs/RESULTS.md)."""
+    rs = spec.plan.retune
+    if m.acc_drop is not None and m.acc_drop > rs.max_acc_drop:
+        return "degraded"
+    if m.o_asr is None:
+        return "unknown"
+    if m.o_asr > rs.removed_asr:
+        return "not_removed"
+    if m.max_gap is not None:
+        return "superficial" if m.max_gap > rs.superficial_gap else "robust"
+    if m.p_asr is not None:
+        return "superficial" if m.p_asr > rs.removed_asr else "robust"
+    return "unknown"
+
+
+def worst(values: list[float | None]) -> float | None:
+    """The largest computed value (None when none was computed)."""
+    known = [v for v in values if v is not None]
+    return max(known) if known else None

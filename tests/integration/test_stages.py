@@ -1,0 +1,143 @@
+"""One audit spread over real workers (issue 24): the stages of one job run as Celery tasks
+on two real `ppr worker` processes over the real Redis and PostgreSQL, and give the report
+the in-process executor gives; a worker SIGKILLed mid-stage costs that stage only; the
+stages are listed before, during and after the run; an impossible plan is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ppr_engine import audit
+from ppr_engine.checkpoint import save_model
+from ppr_engine.spec import validate_spec
+from service.app import create_app
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+SPEC = {
+    "model": {"arch": "small_cnn", "num_classes": 10},
+    "data": {"clean": "synthetic:?n=600&seed=2", "test": "synthetic:?n=400&seed=1",
+             "attacker": "synthetic:?n=600&seed=3"},
+    "triggers": [{"attack": "badnets", "target": 3}],
+    "plan": {"methods": [{"name": "ft", "epochs": 2, "augment": False},
+                         {"name": "fst", "epochs": 2, "augment": False},
+                         {"name": "ep", "epochs": 2, "augment": False}],
+             "retune": {"poison_num": 10, "clean_num": 190, "epochs": 1, "sweep": [[20, 1]]},
+             "qra": {"epochs": 1, "hidden": 32, "clean_num": 100, "poison_num": 100},
+             "lmc": {"points": 3}},
+    "gate": ["all.o_cacc >= 0.0"],
+}
+NUMBERS = ("o_cacc", "o_asr", "p_asr", "baseline_p_asr", "max_gap", "qra_asr", "lmc_lambda50")
+
+
+@pytest.fixture(scope="module")
+def bd3(tmp_path_factory, train_set, device):
+    """small_cnn with BadNets -> 3 (10%), the spec's trigger."""
+    from ppr_engine import attacks
+
+    from ..conftest import train_small
+
+    trig = attacks.build_trigger("badnets", {"target": 3})
+    model = train_small(attacks.poison_training_set(train_set, trig, 0.1, seed=0).data, device,
+                        epochs=4)
+    path = tmp_path_factory.mktemp("bd3") / "bd3.safetensors"
+    save_model(model, path)
+    return path
+
+
+def _submit(client, checkpoint, spec) -> str:
+    r = client.post("/v1/audits", files={"checkpoint": (checkpoint.name,
+                                                        checkpoint.read_bytes())},
+                    data={"spec": json.dumps(spec)})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def _stages(client, job_id) -> list[dict]:
+    return client.get(f"/v1/jobs/{job_id}/stages").json()
+
+
+def _both_alive(client, n: int = 2) -> bool:
+    return client.app.state.store.live_workers(within_s=30) >= n
+
+
+def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
+    local = audit.run(validate_spec(SPEC), bd3)
+    with TestClient(create_app(dist_settings)) as client:
+        workers.start("w1"), workers.start("w2")
+        wait_for(lambda: _both_alive(client), 90, what="two workers' heartbeats")
+        job_id = _submit(client, bd3, SPEC)
+        before = _stages(client, job_id)
+        assert [s["id"] for s in before] == local.plan.ids  # listed before anything ran
+        seen_running = set()
+
+        def finished():
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            seen_running.update(s["id"] for s in _stages(client, job_id)
+                                if s["state"] == "running")
+            return job["state"] in ("succeeded", "failed", "cancelled") and job
+
+        job = wait_for(finished, 300, 0.2, f"the job\n{workers.log('w1')}\n{workers.log('w2')}")
+        assert job["state"] == "succeeded", job
+        remote = client.get(f"/v1/jobs/{job_id}/report").json()
+        after = _stages(client, job_id)
+        rows = client.app.state.store.stages(job_id)
+    assert seen_running  # stages were seen running during the run
+    assert [s["id"] for s in after] == local.plan.ids
+    assert all(s["state"] == "ok" and s["attempts"] == 1 for s in after), [
+        (s["id"], s["state"], s["attempts"], s["error"]) for s in after]
+    assert len({r.worker for r in rows if r.worker}) == 2  # one audit, two workers
+    assert [s["name"] for s in remote["stages"]] == [s.name for s in local.report.stages]
+    for m in local.report.methods:
+        r = next(x for x in remote["methods"] if x["key"] == m.key)
+        assert r["verdict"] == m.verdict, m.key
+        for name in NUMBERS:
+            a, b = getattr(m, name), r[name]
+            assert (a is None) == (b is None) and (a is None or abs(a - b) <= 0.02), \
+                (m.key, name, a, b)
+    assert remote["baseline"]["p_asr"] == pytest.approx(local.report.baseline.p_asr, abs=0.02)
+
+
+def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers, bd3):
+    spec = json.loads(json.dumps(SPEC))
+    spec["plan"]["methods"][0]["epochs"] = 20  # long enough to be killed in
+    with TestClient(create_app(dist_settings)) as client:
+        procs = {"w1": workers.start("w1"), "w2": workers.start("w2")}
+        wait_for(lambda: _both_alive(client), 90, what="two workers' heartbeats")
+        job_id = _submit(client, bd3, spec)
+        store = client.app.state.store
+
+        def owner():
+            row = store.stage(job_id, "purify:ft")
+            return row.state == "running" and row.progress > 0.05 and row.worker
+
+        worker = wait_for(owner, 180, 0.2, f"purify:ft running\n{workers.log('w1')}")
+        victim = next(n for n, p in procs.items() if worker.endswith(f":{p.pid}"))
+        workers.kill(procs[victim])
+        job = wait_for(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["state"] in (
+            "succeeded", "failed") and j, 600, what=f"the job after the kill\n"
+            f"{workers.log('w1' if victim == 'w2' else 'w2')}")
+        assert job["state"] == "succeeded", job
+        rows = {r.stage_id: r for r in store.stages(job_id)}
+        assert store.get(job_id).completions == 1  # the audit completed once
+    assert rows["purify:ft"].attempts == 2  # the killed stage ran again ...
+    assert all(r.attempts == 1 for sid, r in rows.items() if sid != "purify:ft"), \
+        {sid: r.attempts for sid, r in rows.items()}  # ... and nothing else did
+    assert all(r.state == "ok" for r in rows.values())
+
+
+def test_an_impossible_plan_is_refused_naming_the_stage(dist_settings, small_checkpoint):
+    spec = json.loads(json.dumps(SPEC))
+    spec["plan"]["retune"] = {"enabled": False}
+    with TestClient(create_app(dist_settings)) as client:
+        r = client.post("/v1/audits", files={"checkpoint": ("m.safetensors",
+                                                            small_checkpoint.read_bytes())},
+                        data={"spec": json.dumps(spec)})
+        assert r.status_code == 422
+        assert "plan.qra needs the retune stages" in r.json()["error"]["message"]
+        assert client.get("/v1/jobs").json()["total"] == 0
