@@ -28,7 +28,7 @@ lint: setup
 
 test: setup browser
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -ra
+	$(VENV)/bin/python -m pytest -q -ra --durations=25
 
 openapi: setup
 	$(VENV)/bin/python -m service.openapi_dump openapi/openapi.json

@@ -55,6 +55,7 @@ def make_backdoor(recipe: BackdoorRecipe, train_ref: str, test_ref: str | None =
     arch = models.architecture(recipe.arch)
     train = data_mod.load(train_ref, size=arch.input_size)
     trigger = build_trigger(recipe.attack, recipe.attack_params)
+    trigger.bind_classes(train.num_classes)
     surrogate = None
     if getattr(trigger, "needs_surrogate", False) and recipe.surrogate_epochs > 0:
         surrogate = models.create(recipe.arch, train.num_classes)
@@ -74,6 +75,7 @@ def make_backdoor(recipe: BackdoorRecipe, train_ref: str, test_ref: str | None =
     if test_ref:
         test = data_mod.load(test_ref, size=arch.input_size)
         c_acc = clean_accuracy(model, test)
-        asr = attack_success_rate(model, triggered_test(test, trigger), trigger.target)
+        moved = triggered_test(test, trigger)
+        asr = attack_success_rate(model, moved, trigger.targets(moved.y))
     return BackdoorResult(model, c_acc, asr, seconds, recipe.epochs * len(train) / seconds,
                           int(poisoned.poisoned.sum()))

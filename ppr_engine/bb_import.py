@@ -49,7 +49,7 @@ class Imported:
     spec: Path
     manifest: Path
     arch: str
-    target: int
+    target: int | None  # None: an all-to-all attack (label_map says which)
     test_examples: int
     train_examples: int
 
@@ -110,7 +110,8 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
     model = models.create(name, result.num_classes)
     check_state_dict(model, result.state_dict, f"{result.path.name} (model)")
     model.load_state_dict(result.state_dict, strict=True)
-    target = result.target
+    label_map = result.label_map
+    target = label_map.get("target")
     if clean is None or test is None:
         derived = default_data(result.path, result.clean_data, result.data_path)
         clean, test = clean or derived[0], test or derived[1]
@@ -118,7 +119,7 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
     parts = {"data": ("bd_test.tar.gz", result.bd_test)}
     if result.bd_train is not None:
         parts["train_data"] = ("bd_train.tar.gz", result.bd_train)
-    trigger = {"attack": "examples", "target": target, **{
+    trigger = {"attack": "examples", **label_map, **{
         key: f"imagefolder:{(out / name).resolve()}" for key, (name, _) in parts.items()}}
     # validated before anything is written: a refused spec leaves no files behind
     spec = validate_spec({"model": {"arch": name, "num_classes": result.num_classes},
@@ -128,7 +129,7 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
     source_sha = sha256_file(result.path)
     ckpt = out / "model.safetensors"
     save_model(model, ckpt, source="backdoorbench", attack_result_sha256=source_sha,
-               target=str(target))
+               **{k: str(v) for k, v in label_map.items()})
     for file_name, samples in parts.values():
         atomic_write_bytes(out / file_name, examples_archive(samples))
     spec_path = out / "audit.yaml"
@@ -138,7 +139,7 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
     manifest = {
         "source": str(result.path), "source_sha256": source_sha,
         "model_name": result.model_name, "arch": name, "num_classes": result.num_classes,
-        "clean_data": result.clean_data, "target": target,
+        "clean_data": result.clean_data, "target": target, "label_map": label_map,
         "bd_test": len(result.bd_test.x),
         "bd_train": len(result.bd_train.x) if result.bd_train is not None else 0,
         "poisoned_train_indices": (result.bd_train.index.tolist()

@@ -149,8 +149,8 @@ def write_reports(report, out: Path) -> dict[str, str]:
 @app.command()
 @guarded
 def methods(as_json: JsonOpt = False) -> None:
-    """List architectures, attacks, purification methods (with their parameters) and data
-    reference kinds."""
+    """List architectures, attacks, purification methods (with their kind, reference and
+    parameters) and data reference kinds."""
     from .catalog import catalog
 
     cat = catalog()
@@ -160,9 +160,13 @@ def methods(as_json: JsonOpt = False) -> None:
     for section, entries in cat.items():
         typer.echo(f"{section}:")
         for e in entries:
-            params = ", ".join(f"{k}={v['default']!r}" for k, v in e.get("params", {}).items())
-            typer.echo(f"  {e['name']:<16} {e['summary']}" + (f"\n      {params}" if params
-                                                                 else ""))
+            kind = f"[{e['kind']}] " if e.get("kind") else ""
+            typer.echo(f"  {e['name']:<16} {kind}{e['summary']}")
+            if e.get("reference"):
+                typer.echo(f"      reference: {e['reference']}")
+            if params := ", ".join(f"{k}={v['default']!r}"
+                                   for k, v in e.get("params", {}).items()):
+                typer.echo(f"      {params}")
 
 
 @app.command("make-backdoor")

@@ -55,6 +55,12 @@ PAM_NOTE = ("PAM runs at momentum 0.9 here: at the authors' momentum 0.1 it stay
             "the backdoored weights at this scale and is flagged superficial "
             "(docs/RESULTS.md, PAM budget study)")
 DEMO_TARGET = 3
+# The demo's accuracy margin for `degraded` is 0.08, not the default 0.05: with 900 defender
+# images and a 4-MMAC net, an unlearning method's C-Acc moves by a few points from one random
+# stream to another (PAM measured 0.036 and 0.050 below the model's C-Acc in two runs that
+# differed only in their streams), so 0.05 would split one method's runs between `robust`
+# and `degraded`. Audits at the reference scale keep 0.05.
+DEMO_MAX_ACC_DROP = 0.08
 
 
 def demo_spec(quick: bool = False) -> AuditSpec:
@@ -77,7 +83,7 @@ def demo_spec(quick: bool = False) -> AuditSpec:
                 {"name": "pam", **unlearn, "epochs": 10, "momentum": 0.9},
             ],
             "retune": {"poison_num": 20, "clean_num": 980, "epochs": 5,
-                       "sweep": [[10, 5], [50, 5]]},
+                       "sweep": [[10, 5], [50, 5]], "max_acc_drop": DEMO_MAX_ACC_DROP},
             "qra": {"enabled": not quick, "epochs": 10, "hidden": 512, "clean_num": 500,
                     "poison_num": 500},
             "lmc": {"enabled": not quick, "points": 11},

@@ -14,20 +14,25 @@ def clean_accuracy(model: nn.Module, test: ImageSet) -> float:
     return accuracy(model, test)
 
 
-def attack_success_rate(model: nn.Module, triggered: ImageSet, target: int) -> float:
-    """ASR: share of triggered non-target images classified as `target`.
+def attack_success_rate(model: nn.Module, triggered: ImageSet,
+                        target: int | torch.Tensor) -> float:
+    """ASR: share of triggered images classified as their backdoor label `target` (one
+    class, or one per image for an all-to-all trigger: `Trigger.targets(triggered.y)`).
 
-    `triggered` must already exclude target-class images (see `attacks.triggered_test`).
+    `triggered` must already exclude the images the backdoor does not move (see
+    `attacks.triggered_test`).
     """
-    if len(triggered) == 0:
-        return float("nan")
-    return float((predict(model, triggered) == target).float().mean())
+    return target_rate(model, triggered, target)
 
 
-def target_rate(model: nn.Module, images: ImageSet | torch.Tensor, target: int) -> float:
-    """Share of `images` classified as `target` (used by QRA on clean images + delta)."""
+def target_rate(model: nn.Module, images: ImageSet | torch.Tensor,
+                target: int | torch.Tensor) -> float:
+    """Share of `images` classified as `target` (one class or one per image; QRA uses it on
+    clean images + delta)."""
     preds = predict(model, images)
-    return float((preds == target).float().mean()) if len(preds) else float("nan")
+    if not len(preds):
+        return float("nan")
+    return float((preds == torch.as_tensor(target).cpu()).float().mean())
 
 
 def der(asr_bd: float, asr_pur: float, acc_bd: float, acc_pur: float) -> float:

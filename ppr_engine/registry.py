@@ -32,7 +32,8 @@ class Entry(Generic[T]):
     obj: T
     params: type[BaseModel] = NoParams
     summary: str = ""
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    tags: tuple[str, ...] = field(default_factory=tuple)  # the first is the kind
+    reference: str = ""  # the paper (and code) the entry follows
 
     def parse(self, values: dict[str, Any] | None) -> BaseModel:
         """Validate `values` against this entry's parameter model, naming the bad field."""
@@ -58,6 +59,7 @@ class Entry(Generic[T]):
                 "required": finfo.is_required(),
             }
         return {"name": self.name, "summary": self.summary, "tags": list(self.tags),
+                "kind": self.tags[0] if self.tags else "", "reference": self.reference,
                 "params": fields}
 
 
@@ -74,7 +76,7 @@ class Registry(Generic[T]):
 
     def register(
         self, name: str, *, params: type[BaseModel] = NoParams, summary: str = "",
-        tags: tuple[str, ...] = (),
+        tags: tuple[str, ...] = (), reference: str = "",
     ) -> Callable[[T], T]:
         """Decorator that registers `obj` under `name`."""
 
@@ -82,7 +84,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             doc = summary or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, obj, params, doc, tags)
+            self._entries[name] = Entry(name, obj, params, doc, tags, reference)
             return obj
 
         return deco

@@ -234,6 +234,19 @@ def detection_notes(report: AuditReport) -> list[tuple[str, bool]]:
     return notes
 
 
+def method_notes(report: AuditReport) -> list[str]:
+    """What the table cannot say about a method: that it ran on no data at all (data-free
+    methods are handed none), or a note of its own (NC when no class was anomalous)."""
+    out = []
+    for m in report.methods:
+        if m.record.get("data_free"):
+            out.append(f"{display_name(m.key)}: data-free, it ran without any of the "
+                       "defender's clean images")
+        if note := m.record.get("note"):
+            out.append(f"{display_name(m.key)}: {note}")
+    return out
+
+
 def display_name(key: str) -> str:
     """A method key as people write it: bti_dbf -> BTI-DBF."""
     return key.upper().replace("_", "-")
@@ -458,6 +471,8 @@ def to_markdown(report: AuditReport) -> str:
     notes = detection_notes(report)
     if notes:
         out += ["", "Trigger inversion:"] + [f"- {t}" for t, _ in notes]
+    if extra := method_notes(report):
+        out += ["", "Methods:"] + [f"- {t}" for t in extra]
     if report.verdict_rule:
         out += ["", f"Verdicts: {report.verdict_rule}."]
     failed = [s for s in report.stages if s.status == "failed"]
@@ -636,6 +651,9 @@ def to_html(report: AuditReport) -> str:
     notes = "".join(f"<li class='{'pass' if ok else 'fail'}'>{e(t)}</li>"
                     for t, ok in detection_notes(report))
     notes = f"<h2>Trigger inversion</h2><ul id='detection'>{notes}</ul>" if notes else ""
+    if extra := method_notes(report):
+        notes += ("<h2>Methods</h2><ul id='method-notes'>"
+                  + "".join(f"<li>{e(t)}</li>" for t in extra) + "</ul>")
     inversions = "".join(_inversion_html(inv) for inv in report.inversions)
     rule = f"<p id='verdict-rule'>Verdicts: {e(report.verdict_rule)}.</p>" if \
         report.verdict_rule else ""

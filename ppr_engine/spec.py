@@ -87,7 +87,11 @@ class TriggerSpec(BaseModel):
     def _known(self) -> TriggerSpec:
         from .attacks import ATTACKS
 
-        ATTACKS.get(self.attack).parse(self.params())
+        entry = ATTACKS.get(self.attack)
+        parsed = entry.parse(self.params())
+        if getattr(parsed, "label_map", "") == "all_to_all" and entry.obj.clean_label:
+            raise ValueError(f"{self.attack} is a clean-label attack (it poisons target-class "
+                             "images): it has no all_to_all form")
         return self
 
     def parsed(self) -> BaseModel:
@@ -104,9 +108,12 @@ class TriggerSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        """Short name used in reports (attack and target; `inverted` alone)."""
+        """Short name used in reports (attack and target, `badnets->y+1` for an all-to-all
+        label map; `inverted` alone)."""
         if self.attack == "inverted":
             return "inverted"
+        if (self.model_extra or {}).get("label_map") == "all_to_all":
+            return f"{self.attack}->y+{(self.model_extra or {}).get('shift', 1)}"
         return f"{self.attack}->{self.target or 0}"
 
 

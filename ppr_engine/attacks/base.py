@@ -2,21 +2,27 @@
 
 A trigger maps float images in [0, 1] (B x C x H x W, on any device) to triggered images;
 results are stored as uint8, as BackdoorBench stores its poisoned images. Dirty-label
-attacks relabel poisoned images to the target; clean-label ones (SIG, LC) poison
+attacks relabel poisoned images to their backdoor label; clean-label ones (SIG, LC) poison
 target-class images and keep their labels.
+
+The backdoor label is the trigger's label map (`Trigger.targets`): all-to-one sends every
+triggered image to `target`; all-to-all (BackdoorBench's `all2all`) sends an image of
+class y to (y + shift) mod C. ASR counts the images whose backdoor label differs from their
+own, classified as that label.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from ..data import ImageSet, to_float
+from ..errors import SpecError
 from ..registry import Registry
 from ..report import InversionResult
 
@@ -26,6 +32,18 @@ class TriggerParams(BaseModel):
 
     model_config = {"extra": "forbid"}
     target: int = Field(0, ge=0, le=99_999, description="target class (all-to-one)")
+    label_map: Literal["all_to_one", "all_to_all"] = Field(
+        "all_to_one", description="all_to_one: every triggered image goes to `target`; "
+        "all_to_all: an image of class y goes to (y + shift) mod the number of classes")
+    shift: int = Field(1, ge=1, le=99_999, description="all_to_all's label shift "
+                       "(BackdoorBench's all2all: 1)")
+
+    @model_validator(mode="after")
+    def _one_map(self) -> TriggerParams:
+        if self.label_map == "all_to_all" and self.target != 0:
+            raise ValueError("an all_to_all trigger has no target: its label map is "
+                             "y -> (y + shift) mod C; leave target out")
+        return self
 
 
 class Trigger:
@@ -33,12 +51,43 @@ class Trigger:
 
     clean_label = False
     learns_from_model = False  # the audit calls learn() before using it (inversion)
+    all_to_all = False  # the label map: see targets()
+    shift = 1
+    num_classes: int | None = None  # all-to-all needs it: see bind_classes
     inversion: InversionResult | None = None  # what learn() found, for the report
     Params: type[TriggerParams] = TriggerParams
 
     def __init__(self, params: TriggerParams) -> None:
         self.params = params
         self.target = params.target
+        self.all_to_all = params.label_map == "all_to_all"
+        self.shift = params.shift
+        if self.all_to_all and self.clean_label:
+            raise SpecError(f"{type(self).__name__} is a clean-label attack: it poisons "
+                            "target-class images, so it has no all_to_all form")
+
+    def bind_classes(self, num_classes: int) -> None:
+        """The model's number of classes, which an all-to-all label map needs; a target
+        outside the classes is refused here."""
+        if self.all_to_all and self.shift % num_classes == 0:
+            raise SpecError(f"all_to_all shift {self.shift} maps every class of "
+                            f"{num_classes} to itself")
+        if not self.all_to_all and self.target >= num_classes:
+            raise SpecError(f"trigger target {self.target} is not a class of a "
+                            f"{num_classes}-class model")
+        self.num_classes = num_classes
+
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        """The backdoor label of each image of true label `y` (the label map)."""
+        if not self.all_to_all:
+            return torch.full_like(y, self.target)
+        if self.num_classes is None:
+            raise RuntimeError("an all_to_all trigger needs bind_classes() before use")
+        return (y + self.shift) % self.num_classes
+
+    def attacked(self, y: torch.Tensor) -> torch.Tensor:
+        """Which images of true label `y` the backdoor moves (the ones ASR counts)."""
+        return self.targets(y) != y
 
     @property
     def found(self) -> bool:
@@ -94,14 +143,15 @@ class Trigger:
         return self.apply_set(ds)
 
     def triggered_test(self, test: ImageSet) -> ImageSet:
-        """Non-target test images with the trigger, keeping their true labels; ASR is the
-        share of these predicted as the target (target-class images are excluded)."""
+        """The test images the backdoor moves, with the trigger, keeping their true labels;
+        ASR is the share of these predicted as their backdoor label (`targets`)."""
         sub = self.non_target(test)
         return sub.with_images(self.apply_set(sub))
 
     def non_target(self, ds: ImageSet) -> ImageSet:
-        """The images of `ds` whose true class is not the target (the ones ASR counts)."""
-        return ds.subset(torch.nonzero(ds.y.cpu() != self.target).flatten())
+        """The images of `ds` the backdoor moves: those whose true class is not the target
+        (all-to-one), every image (all-to-all)."""
+        return ds.subset(torch.nonzero(self.attacked(ds.y.cpu())).flatten())
 
     def draw_triggered(self, pool: ImageSet, order: torch.Tensor, n: int, *,
                        clean_label_rule: bool = True) -> tuple[ImageSet, torch.Tensor]:
@@ -110,7 +160,7 @@ class Trigger:
         ones; target-class ones for a clean-label attack under `clean_label_rule`)."""
         y = pool.y.cpu()
         want_target = self.clean_label and clean_label_rule
-        eligible = (y[order] == self.target) if want_target else (y[order] != self.target)
+        eligible = (y[order] == self.target) if want_target else self.attacked(y[order])
         positions = order[eligible][:n]
         chosen = pool.subset(positions)
         return chosen.with_images(self.apply_set(chosen)), positions
@@ -170,8 +220,8 @@ def poison_training_set(ds: ImageSet, trigger: Trigger, rate: float, seed: int =
         x[idx] = trigger.poison_images(ds.subset(idx), surrogate).to(x.device)
         poisoned[idx] = True
         if not trigger.clean_label:
-            relabelled[idx] = ds.y[idx].cpu() != trigger.target
-            y[idx] = trigger.target
+            relabelled[idx] = trigger.attacked(ds.y[idx].cpu())
+            y[idx] = trigger.targets(ds.y[idx])
     extra = trigger.extra_training_samples(ds, idx, rate, seed)
     if extra is not None:
         cross_idx, cross_x = extra

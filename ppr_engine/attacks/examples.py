@@ -105,7 +105,7 @@ class Examples(Trigger):
                 self.p.seed))
             k = min(len(given) - 1, max(1, round(self.p.holdout * len(given))))
             measured, attacking = given.subset(order[:k]), given.subset(order[k:])
-        if not bool((measured.y.cpu() != self.target).any()):
+        if not bool(self.attacked(measured.y.cpu()).any()):
             raise SpecError(f"examples: every held-out example is of the target class "
                             f"{self.target}, so ASR cannot be measured; give examples "
                             f"whose true class differs from the target")
@@ -138,7 +138,7 @@ class Examples(Trigger):
         _, attacking = self._bound()
         ordered = self._order
         if not clean_label_rule:
-            ordered = ordered[attacking.y.cpu()[ordered] != self.target]
+            ordered = ordered[self.attacked(attacking.y.cpu()[ordered])]
         if len(ordered) < n:
             kind = " non-target" if not clean_label_rule else ""
             raise SpecError(f"examples: {n} poisoned images are asked for, but the attacker's "

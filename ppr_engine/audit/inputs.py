@@ -22,6 +22,7 @@ from ..checkpoint import load_model
 from ..data import ImageSet
 from ..defenses import DefenseContext
 from ..errors import SpecError
+from ..metrics import attack_success_rate
 from ..ppr.retune import RetuneSet, build_retune_set
 from ..spec import AuditSpec
 from ..train import pick_device
@@ -77,6 +78,14 @@ class AuditInputs:
         if i not in self._triggered:
             self._triggered[i] = triggered_test(self.test, self.triggers[i])
         return self._triggered[i]
+
+    def backdoor_labels(self, i: int) -> torch.Tensor:
+        """The backdoor label of each of trigger `i`'s test images (its label map)."""
+        return self.triggers[i].targets(self.triggered(i).y)
+
+    def asr(self, model: nn.Module, i: int) -> float:
+        """Trigger `i`'s ASR on `model`, over its label map."""
+        return attack_success_rate(model, self.triggered(i), self.backdoor_labels(i))
 
     def retune_set(self, i: int, poison_num: int, clean_num: int) -> RetuneSet:
         """RA's data for trigger `i` (built once, shared by every method and the baseline)."""
@@ -138,9 +147,7 @@ def load_inputs(spec: AuditSpec, checkpoint: Path, *, resolve_dataset=None,
     clean_train, val = data.train_val(clean, spec.data.val_fraction, spec.seed)
     triggers = [t.build() for t in spec.triggers]
     for i, t in enumerate(triggers):
-        if t.target >= spec.model.num_classes:
-            raise SpecError(f"trigger target {t.target} is not a class of a "
-                            f"{spec.model.num_classes}-class model")
+        t.bind_classes(spec.model.num_classes)
         t.bind(lambda ref, i=i: load(ref, f"triggers.{i}"))
     prov = {
         "clean": {"ref": spec.data.clean, "n": len(clean), "sha256": clean.content_hash(),

@@ -20,10 +20,10 @@ from torch import nn
 from ..checkpoint import load_model
 from ..defenses import purify
 from ..errors import SpecError
-from ..metrics import attack_success_rate, clean_accuracy, der
+from ..metrics import clean_accuracy, der
 from ..ppr import qra as qra_attack
 from ..ppr.lmc import lambda50, trace_path
-from ..ppr.qra import PerturbationGenerator, evaluate_qra
+from ..ppr.qra import PerturbationGenerator, qra_asr
 from ..ppr.retune import retune
 from ..train import Progress
 from .inputs import AuditInputs
@@ -98,13 +98,13 @@ def run_evaluate(stage: Stage, inputs: AuditInputs, results: Results, progress: 
             sid = f"invert:{label}"
             if not results.ok(sid):
                 continue
-            value = attack_success_rate(inputs.model, inputs.triggered(i), t.target)
+            value = inputs.asr(inputs.model, i)
             inversions.append(t.inversion.model_copy(update={
                 "trigger": label, "asr": value}).model_dump(mode="json"))
             if not t.found:  # what the generator reaches is no backdoor's ASR
                 continue
         else:
-            value = attack_success_rate(inputs.model, inputs.triggered(i), t.target)
+            value = inputs.asr(inputs.model, i)
         asr[label] = value
         keep.append(i)
     return StageResult({"c_acc": clean_accuracy(inputs.model, inputs.test), "asr": asr,
@@ -112,7 +112,9 @@ def run_evaluate(stage: Stage, inputs: AuditInputs, results: Results, progress: 
 
 
 def _known_targets(inputs: AuditInputs) -> list[int]:
-    return sorted({t.target for t in inputs.triggers if not t.learns_from_model})
+    """The targets of the audit's known all-to-one triggers (what an inversion should find)."""
+    return sorted({t.target for t in inputs.triggers
+                   if not t.learns_from_model and not t.all_to_all})
 
 
 def run_purify(stage: Stage, inputs: AuditInputs, results: Results, progress: Progress
@@ -132,8 +134,8 @@ def run_purify(stage: Stage, inputs: AuditInputs, results: Results, progress: Pr
     o_cacc = clean_accuracy(out.model, inputs.test)
     per_trigger = []
     for i in keep:
-        label, t = inputs.labels[i], inputs.triggers[i]
-        o_asr = attack_success_rate(out.model, inputs.triggered(i), t.target)
+        label = inputs.labels[i]
+        o_asr = inputs.asr(out.model, i)
         per_trigger.append({"trigger": label, "o_asr": o_asr, "der": der(
             model_eval["asr"][label], o_asr, model_eval["c_acc"], o_cacc)})
     return StageResult({"record": record, "o_cacc": o_cacc, "per_trigger": per_trigger,
@@ -164,8 +166,7 @@ def run_baseline(stage: Stage, inputs: AuditInputs, results: Results, progress: 
         values.update(kind="ep", description="EP with default parameters, built for the "
                       "baseline")
     values["c_acc"] = clean_accuracy(model, inputs.test)
-    values["asr"] = {inputs.labels[i]: attack_success_rate(model, inputs.triggered(i),
-                                                           inputs.triggers[i].target)
+    values["asr"] = {inputs.labels[i]: inputs.asr(model, i)
                      for i in keep}
     return StageResult(values, {} if "model_stage" in values else {"model": model})
 
@@ -191,8 +192,7 @@ def run_retune(stage: Stage, inputs: AuditInputs, results: Results, progress: Pr
     rset = inputs.retune_set(i, b.poison, b.clean)
     retuned = retune(subject_model(stage, inputs, results), rset, rs, epochs=b.epochs,
                      device=inputs.device, progress=progress)
-    values = {"p_asr": attack_success_rate(retuned, inputs.triggered(i),
-                                           inputs.triggers[i].target)}
+    values = {"p_asr": inputs.asr(retuned, i)}
     if b.reference and stage.method != "baseline":
         values["p_cacc"] = clean_accuracy(retuned, inputs.test)
         return StageResult(values, {"retuned": retuned})
@@ -234,8 +234,8 @@ def run_qra_transfer(stage: Stage, inputs: AuditInputs, results: Results, progre
         gen = results.model(sid, "generator")
         assert isinstance(gen, PerturbationGenerator)
         out.setdefault(src, {})[label] = {
-            dst: evaluate_qra(gen, results.model(f"purify:{dst}"), inputs.test,
-                              inputs.triggered(i), inputs.triggers[i].target, inputs.device)[0]
+            dst: qra_asr(gen, results.model(f"purify:{dst}"), inputs.triggered(i),
+                         inputs.triggers[i], inputs.device)
             for dst in keys if dst != src and results.ok(f"purify:{dst}")}
     return StageResult({"transfer": out})
 
@@ -247,7 +247,7 @@ def run_lmc(stage: Stage, inputs: AuditInputs, results: Results, progress: Progr
     i, lm = stage.trigger, inputs.spec.plan.lmc
     assert i is not None
     path = trace_path(subject_model(stage, inputs, results), inputs.model, inputs.clean_train,
-                      inputs.test, inputs.triggered(i), inputs.triggers[i].target,
+                      inputs.test, inputs.triggered(i), inputs.backdoor_labels(i),
                       points=lm.points, bn=lm.bn, device=inputs.device, progress=progress)
     return StageResult({"lambdas": [p.lam for p in path], "c_acc": [p.c_acc for p in path],
                         "asr": [p.asr for p in path],

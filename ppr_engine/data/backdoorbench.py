@@ -98,14 +98,21 @@ class AttackResult:
     bd_train: PoisonedSamples | None
 
     @property
-    def target(self) -> int:
-        """The attack's target class (all-to-one attacks only)."""
-        targets = sorted(set(self.bd_test.bd_label.tolist()))
-        if len(targets) != 1:
-            raise DatasetError(f"{self.path.name}: the backdoored test samples carry "
-                               f"{len(targets)} different target labels {targets[:5]}; only "
-                               f"all-to-one attacks can be audited")
-        return int(targets[0])
+    def label_map(self) -> dict[str, Any]:
+        """The attack's label map as trigger parameters: {"target": t} (all-to-one), or
+        {"label_map": "all_to_all", "shift": k} when every backdoored test sample's label is
+        its true label + k mod C (BackdoorBench's all2all, k = 1)."""
+        bd, true = self.bd_test.bd_label, self.bd_test.label
+        targets = sorted(set(bd.tolist()))
+        if len(targets) == 1:
+            return {"target": int(targets[0])}
+        shifts = sorted(set(((bd - true) % self.num_classes).tolist()))
+        if len(shifts) == 1 and shifts[0] != 0:
+            return {"label_map": "all_to_all", "shift": int(shifts[0])}
+        raise DatasetError(f"{self.path.name}: the backdoored test samples carry "
+                           f"{len(targets)} different target labels {targets[:5]}, and not "
+                           f"one shift of their true labels; only all-to-one and all-to-all "
+                           f"(y -> y + k mod C) attacks can be audited")
 
 
 def result_path(location: Path) -> Path:

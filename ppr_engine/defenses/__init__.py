@@ -1,6 +1,25 @@
 """Purification methods, one module each, registered in `DEFENSES` by name."""
 
-from . import anp, bti, ep, fp, fst, ft, ibau, nad, pam, sam, tsbd  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    anp,
+    bnp,
+    bti,
+    clp,
+    ep,
+    fp,
+    fst,
+    ft,
+    ibau,
+    mcr,
+    nad,
+    nc,
+    npd,
+    pam,
+    rnp,
+    sam,
+    sau,
+    tsbd,
+)
 from .base import DEFENSES, DefenseContext, Purified, TuneParams, purify, reinit_head
 
 __all__ = ["DEFENSES", "DefenseContext", "Purified", "TuneParams", "purify", "reinit_head"]

@@ -141,22 +141,34 @@ def prune(model: nn.Module, masks: dict[str, torch.Tensor], threshold: float) ->
     return count
 
 
-@DEFENSES.register("anp", params=ANPParams, summary="ANP: adversarial neuron pruning")
+def choose_threshold(model: nn.Module, masks: dict[str, torch.Tensor], val, prune_max: float,
+                     prune_step: float, acc_ratio: float) -> tuple[nn.Module, dict]:
+    """Prune at every threshold 0, step, ..., prune_max and keep the largest whose validation
+    accuracy stays within `acc_ratio` (relative) of the unpruned model's (never the test
+    set, unlike the reference code's selection); the chosen model and the record."""
+    acc0 = accuracy(model, val)
+    chosen, chosen_model, chosen_count = 0.0, model, 0
+    trace = []
+    for i in range(int(round(prune_max / prune_step)) + 1):
+        t = round(i * prune_step, 6)
+        candidate = copy.deepcopy(model)
+        n = prune(candidate, masks, t)
+        acc = accuracy(candidate, val)
+        trace.append({"threshold": t, "pruned": n, "val_acc": acc})
+        if (acc0 - acc) / max(acc0, 1e-8) <= acc_ratio:
+            chosen, chosen_model, chosen_count = t, candidate, n
+    neurons = sum(len(m) for m in masks.values())
+    return chosen_model, {"threshold": chosen, "pruned_neurons": chosen_count,
+                          "neurons": neurons, "trace": trace}
+
+
+@DEFENSES.register("anp", params=ANPParams, summary="ANP: adversarial neuron pruning",
+                   tags=("mitigation",), reference=(
+                       "Wu and Wang, Adversarial Neuron Pruning, NeurIPS 2021; BackdoorBench "
+                       "defense/anp.py"))
 def anp(model, ctx: DefenseContext, p: ANPParams) -> Purified:
     """Learn masks, then prune at the largest threshold that keeps validation accuracy."""
     masks = learn_masks(model, ctx, p)
-    acc0 = accuracy(model, ctx.val)
-    chosen, chosen_model, chosen_count = 0.0, model, 0
-    steps = int(round(p.prune_max / p.prune_step))
-    trace = []
-    for i in range(steps + 1):
-        t = round(i * p.prune_step, 6)
-        candidate = copy.deepcopy(model)
-        n = prune(candidate, masks, t)
-        acc = accuracy(candidate, ctx.val)
-        trace.append({"threshold": t, "pruned": n, "val_acc": acc})
-        if (acc0 - acc) / max(acc0, 1e-8) <= p.acc_ratio:
-            chosen, chosen_model, chosen_count = t, candidate, n
-    neurons = sum(len(m) for m in masks.values())
-    return Purified(chosen_model, {"threshold": chosen, "pruned_neurons": chosen_count,
-                                   "neurons": neurons, "trace": trace})
+    chosen, record = choose_threshold(model, masks, ctx.val, p.prune_max, p.prune_step,
+                                      p.acc_ratio)
+    return Purified(chosen, record)

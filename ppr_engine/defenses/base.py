@@ -10,6 +10,7 @@ sees the test set: every choice uses `ctx.val`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +38,16 @@ class DefenseContext(InversionContext):
     data; methods that invert a trigger never see them, see `InversionContext`)."""
 
     triggers: list[Trigger] = field(default_factory=list)
+
+    def without_data(self) -> DefenseContext:
+        """This context with empty clean, held-out and trigger lists: what a data-free
+        method is handed, so that it provably uses none of the defender's data."""
+        none = torch.zeros(0, dtype=torch.long)
+        return dataclasses.replace(self, clean=self.clean.subset(none),
+                                   val=self.val.subset(none), triggers=[])
+
+
+DATA_FREE = "data-free"  # the registry tag of methods that use no data at all
 
 
 @dataclass
@@ -106,17 +117,24 @@ def scaled_epochs(p: ScaledBudget, n: int) -> int:
 
 def purify(name: str, model: nn.Module, ctx: DefenseContext,
            params: dict[str, Any] | BaseModel | None = None) -> Purified:
-    """Run method `name` on a copy of `model`; the input model is never modified."""
+    """Run method `name` on a copy of `model`; the input model is never modified. A
+    data-free method gets a context without data, and its record says `data_free`."""
     entry = DEFENSES.get(name)
     parsed = params if isinstance(params, BaseModel) else entry.parse(params)
     work = copy.deepcopy(model).to(ctx.device)
+    data_free = DATA_FREE in entry.tags
+    if data_free:
+        ctx = ctx.without_data()
     torch.manual_seed(ctx.seed)  # initializations and noise: same seed, same result
     start = time.perf_counter()
     result = entry.obj(work, ctx, parsed)
     result.seconds = time.perf_counter() - start
     result.model.eval()
     result.record.setdefault("params", parsed.model_dump())
-    result.record.setdefault("val_acc", accuracy(result.model, ctx.val))
+    if data_free:
+        result.record["data_free"] = True
+    if len(ctx.val):
+        result.record.setdefault("val_acc", accuracy(result.model, ctx.val))
     return result
 
 

@@ -77,7 +77,10 @@ class MixedBatches:
 
 
 @DEFENSES.register("bti_dbf", params=BTIParams, summary="BTI-DBF(U): trigger inversion by "
-                   "decoupling benign features, interleaved with unlearning")
+                   "decoupling benign features, interleaved with unlearning",
+                   tags=("mitigation",), reference=(
+                       "Xu et al., Towards Reliable and Efficient Backdoor Trigger Inversion via "
+                       "Decoupling Benign Features, ICLR 2024"))
 def bti_dbf(model, ctx: DefenseContext, p: BTIParams) -> Purified:
     """Rounds of (invert against the current model, unlearn with G(x) under true labels)."""
     inverter = Inverter(model, ctx, p.inversion)

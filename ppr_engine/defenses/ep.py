@@ -19,7 +19,10 @@ class EPParams(TuneParams):
 
 
 @DEFENSES.register("ep", params=EPParams, summary="EP: exact purification (oracle, needs "
-                   "the trigger)")
+                   "the trigger)",
+                   tags=("oracle",), reference=(
+                       "Min et al., Uncovering, Explaining, and Mitigating the Superficial Safety "
+                       "of Backdoor Defense, NeurIPS 2024 (exact purification: needs the trigger)"))
 def ep(model, ctx: DefenseContext, p: EPParams) -> Purified:
     """Unlearn with real triggered samples under their true labels."""
     if not ctx.triggers:

@@ -44,7 +44,9 @@ def mean_activations(model, ctx: DefenseContext) -> torch.Tensor:
     return total / len(ctx.clean)
 
 
-@DEFENSES.register("fp", params=FPParams, summary="FP: fine-pruning of dormant channels")
+@DEFENSES.register("fp", params=FPParams, summary="FP: fine-pruning of dormant channels",
+                   tags=("mitigation",), reference=(
+                       "Liu et al., Fine-Pruning, RAID 2018; BackdoorBench defense/fp.py"))
 def fp(model, ctx: DefenseContext, p: FPParams) -> Purified:
     """Mask head columns of dormant channels (chosen on val accuracy), then fine-tune."""
     head = head_of(model)

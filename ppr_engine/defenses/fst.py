@@ -29,7 +29,10 @@ def fst_penalty(weight: torch.Tensor, w_ori: torch.Tensor) -> torch.Tensor:
     return (weight * w_ori).sum()
 
 
-@DEFENSES.register("fst", params=FSTParams, summary="FST: feature shift tuning")
+@DEFENSES.register("fst", params=FSTParams, summary="FST: feature shift tuning",
+                   tags=("mitigation",), reference=(
+                       "Min et al., Towards Stable Backdoor Purification through Feature Shift "
+                       "Tuning, NeurIPS 2023"))
 def fst(model, ctx: DefenseContext, p: FSTParams) -> Purified:
     """Head re-init + inner-product penalty + norm projection after every step."""
     w_ori = head_of(model).weight.detach().clone()

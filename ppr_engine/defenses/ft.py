@@ -65,28 +65,37 @@ def tune(model, ctx: DefenseContext, p: FTParams, *, reinit: bool, train_head: b
                             p.project_head_norm})
 
 
-@DEFENSES.register("ft", params=FTParams, summary="FT: vanilla fine-tuning of all parameters")
+@DEFENSES.register("ft", params=FTParams, summary="FT: vanilla fine-tuning of all parameters",
+                   tags=("mitigation",), reference=(
+                       "Min et al., Towards Stable Backdoor Purification through Feature Shift "
+                       "Tuning, NeurIPS 2023 (FT baseline)"))
 def ft(model, ctx: DefenseContext, p: FTParams) -> Purified:
     """Fine-tune every parameter with CE on the clean set."""
     return tune(model, ctx, p, reinit=False, train_head=True, train_body=True, stage="ft")
 
 
 @DEFENSES.register("lp", params=FTParams,
-                   summary="LP: linear probing, the original head tuned alone")
+                   summary="LP: linear probing, the original head tuned alone",
+                   tags=("mitigation",), reference=(
+                       "Min et al., NeurIPS 2023 (FST paper's LP baseline)"))
 def lp(model, ctx: DefenseContext, p: FTParams) -> Purified:
     """Linear probing: the extractor (and its backdoor features) stays as it was."""
     return tune(model, ctx, p, reinit=False, train_head=True, train_body=False, stage="lp")
 
 
 @DEFENSES.register("ft_init", params=FTParams,
-                   summary="FT-init: re-initialize the head, tune everything")
+                   summary="FT-init: re-initialize the head, tune everything",
+                   tags=("mitigation",), reference=(
+                       "Min et al., NeurIPS 2023 (FST paper's FT-init baseline)"))
 def ft_init(model, ctx: DefenseContext, p: FTParams) -> Purified:
     """Head re-initialization followed by full fine-tuning."""
     return tune(model, ctx, p, reinit=True, train_head=True, train_body=True, stage="ft_init")
 
 
 @DEFENSES.register("fe_tuning", params=FTParams,
-                   summary="FE-tuning: re-initialize and freeze the head, tune the extractor")
+                   summary="FE-tuning: re-initialize and freeze the head, tune the extractor",
+                   tags=("mitigation",), reference=(
+                       "Min et al., NeurIPS 2023 (FST paper's FE-tuning baseline)"))
 def fe_tuning(model, ctx: DefenseContext, p: FTParams) -> Purified:
     """Feature-extractor tuning against a frozen random head."""
     return tune(model, ctx, p, reinit=True, train_head=False, train_body=True,

@@ -39,7 +39,10 @@ class IBAUParams(BaseModel):
 
 
 @DEFENSES.register("ibau", params=IBAUParams, summary="I-BAU: implicit backdoor adversarial "
-                   "unlearning")
+                   "unlearning",
+                   tags=("mitigation",), reference=(
+                       "Zeng et al., Adversarial Unlearning of Backdoors via Implicit "
+                       "Hypergradient, ICLR 2022; BackdoorBench defense/i-bau.py"))
 def ibau(model, ctx: DefenseContext, p: IBAUParams) -> Purified:
     """Alternate universal-perturbation search and hypergradient unlearning."""
     model.eval()

@@ -60,7 +60,10 @@ class StageTap:
             h.remove()
 
 
-@DEFENSES.register("nad", params=NADParams, summary="NAD: neural attention distillation")
+@DEFENSES.register("nad", params=NADParams, summary="NAD: neural attention distillation",
+                   tags=("mitigation",), reference=(
+                       "Li et al., Neural Attention Distillation, ICLR 2021; BackdoorBench "
+                       "defense/nad.py"))
 def nad(model, ctx: DefenseContext, p: NADParams) -> Purified:
     """Fine-tune a teacher, then distill its attention into the backdoored model."""
     teacher = copy.deepcopy(model)

@@ -110,7 +110,10 @@ class PAMStep:
 
 
 @DEFENSES.register("pam", params=PAMParams, summary="PAM: path-aware minimization, rounds of "
-                   "BTI-DBF inversion and path-aware unlearning")
+                   "BTI-DBF inversion and path-aware unlearning",
+                   tags=("mitigation",), reference=(
+                       "Min et al., Uncovering, Explaining, and Mitigating the Superficial Safety "
+                       "of Backdoor Defense, NeurIPS 2024"))
 def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
     """Unlearn while asking for low loss at a point moved toward theta_bd."""
     reference = copy.deepcopy(model).eval()

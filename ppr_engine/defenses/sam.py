@@ -59,7 +59,10 @@ def _restore_bn(model: nn.Module, old: list[float | None]) -> None:
         m.momentum = v
 
 
-@DEFENSES.register("ft_sam", params=SAMParams, summary="FT-SAM: sharpness-aware fine-tuning")
+@DEFENSES.register("ft_sam", params=SAMParams, summary="FT-SAM: sharpness-aware fine-tuning",
+                   tags=("mitigation",), reference=(
+                       "Zhu et al., Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-"
+                       "Aware Minimization, ICCV 2023; BackdoorBench defense/ft-sam.py"))
 def ft_sam(model, ctx: DefenseContext, p: SAMParams) -> Purified:
     """Fine-tune with the SAM two-pass step."""
     params = [q for q in model.parameters() if q.requires_grad]

@@ -68,15 +68,17 @@ def ranked_convolutions(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
             and not any(k in name for k in ("shortcut", "downsample"))]
 
 
-def clean_unlearn(model: nn.Module, ctx: DefenseContext, p: TSBDParams) -> tuple[nn.Module,
-                                                                                 dict]:
-    """Gradient ascent on the clean set until its accuracy is at most `p.unlearn_acc`."""
+def clean_unlearn(model: nn.Module, ctx: DefenseContext, *, lr: float, batch_size: int,
+                  stop_acc: float, max_epochs: int, weight_decay: float = 0.0
+                  ) -> tuple[nn.Module, dict]:
+    """Gradient ascent on the clean set until its accuracy is at most `stop_acc` (TSBD's and
+    RNP's clean unlearning)."""
     ul = copy.deepcopy(model)
-    opt = torch.optim.SGD(ul.parameters(), lr=p.unlearn_lr, momentum=0.9)
-    loader = DeviceLoader(ctx.clean, p.batch_size, shuffle=True, device=ctx.device,
+    opt = torch.optim.SGD(ul.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    loader = DeviceLoader(ctx.clean, batch_size, shuffle=True, device=ctx.device,
                           seed=ctx.seed)
     acc, epochs = accuracy(ul, ctx.clean), 0
-    while acc > p.unlearn_acc and epochs < p.max_unlearn_epochs:
+    while acc > stop_acc and epochs < max_epochs:
         ul.train()
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
@@ -85,36 +87,47 @@ def clean_unlearn(model: nn.Module, ctx: DefenseContext, p: TSBDParams) -> tuple
         epochs += 1
         acc = accuracy(ul, ctx.clean)
     return ul, {"unlearn_epochs": epochs, "unlearned_clean_acc": round(acc, 4),
-                "reached_target": acc <= p.unlearn_acc}
+                "reached_target": acc <= stop_acc}
 
 
 def weight_changes(model: nn.Module, unlearned: nn.Module) -> list[tuple[str, int, torch.Tensor]]:
-    """(conv name, channel, |per-weight change|), ranked by NWC, largest first."""
+    """(conv name, channel, |per-weight change|), ranked by NWC (the channel's summed
+    change), largest first. The sums are one reduction per layer read back once, not one
+    host sync per channel (about 3,900 on a ResNet-18); Python's sort is stable, so ties keep
+    the layer order as before."""
     after = dict(unlearned.named_modules())
-    rows = []
+    rows: list[tuple[float, str, int, torch.Tensor]] = []
     for name, conv in ranked_convolutions(model):
         change = (after[name].weight.detach() - conv.weight.detach()).abs().flatten(1)
-        rows += [(name, c, change[c]) for c in range(change.shape[0])]
-    return sorted(rows, key=lambda r: float(r[2].sum()), reverse=True)
+        rows += [(total, name, c, change[c]) for c, total in enumerate(change.sum(1).tolist())]
+    rows.sort(key=lambda r: r[0], reverse=True)
+    return [(name, c, change) for _, name, c, change in rows]
 
 
 def zero_top_changes(model: nn.Module, ranked: list[tuple[str, int, torch.Tensor]], n: float,
                      m: float) -> tuple[nn.Module, int]:
-    """A copy of `model` with the top-`m` changed weights of the top-`n` channels zeroed."""
+    """A copy of `model` with the top-`m` changed weights of the top-`n` channels zeroed
+    (one masked write per layer)."""
     out = copy.deepcopy(model)
     top = ranked[:max(1, int(len(ranked) * n))]
     pool = torch.cat([c for _, _, c in top])
     k = max(1, int(len(pool) * m))
     threshold = torch.topk(pool, k).values.min()
+    by_layer: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
+    for name, ch, change in top:
+        chans, changes = by_layer.setdefault(name, ([], []))
+        chans.append(ch)
+        changes.append(change)
     convs = dict(out.named_modules())
-    zeroed = 0
+    zeroed = torch.zeros((), dtype=torch.long)
     with torch.no_grad():
-        for name, ch, change in top:
-            w = convs[name].weight[ch].view(-1)
-            hit = change >= threshold
-            w[hit] = 0.0
-            zeroed += int(hit.sum())
-    return out, zeroed
+        for name, (chans, changes) in by_layer.items():
+            w = convs[name].weight.view(convs[name].weight.shape[0], -1)
+            idx = torch.tensor(chans, device=w.device)
+            hit = torch.stack(changes) >= threshold
+            w[idx] = w[idx].masked_fill(hit, 0.0)
+            zeroed += hit.sum().cpu()
+    return out, int(zeroed)
 
 
 def activeness_step(params: list[torch.Tensor], r: float, alpha: float):
@@ -141,10 +154,14 @@ def activeness_step(params: list[torch.Tensor], r: float, alpha: float):
 
 
 @DEFENSES.register("tsbd", params=TSBDParams, summary="TSBD: zero the weights clean unlearning "
-                   "changes most, then activeness-aware fine-tuning")
+                   "changes most, then activeness-aware fine-tuning",
+                   tags=("mitigation",), reference=(
+                       "Lin et al., Unveiling and Mitigating Backdoor Vulnerabilities based on "
+                       "Unlearning Weight Changes and Backdoor Activeness, NeurIPS 2024"))
 def tsbd(model, ctx: DefenseContext, p: TSBDParams) -> Purified:
     """Two stages: neuron-weight-change zeroing (n chosen on validation), then fine-tuning."""
-    unlearned, record = clean_unlearn(model, ctx, p)
+    unlearned, record = clean_unlearn(model, ctx, lr=p.unlearn_lr, batch_size=p.batch_size,
+                                   stop_acc=p.unlearn_acc, max_epochs=p.max_unlearn_epochs)
     ranked = weight_changes(model, unlearned)
     val0 = accuracy(model, ctx.val)
     trace = []

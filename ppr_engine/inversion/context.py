@@ -8,6 +8,8 @@ projects any context down to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,3 +35,15 @@ class InversionContext:
     def of(cls, ctx: InversionContext) -> InversionContext:
         """`ctx` reduced to the defender's data (the cache is shared, not copied)."""
         return cls(ctx.clean, ctx.val, ctx.device, ctx.seed, ctx.progress, ctx.cache)
+
+
+@contextmanager
+def own_random_stream(device: torch.device, seed: int) -> Iterator[None]:
+    """Run a computation whose result the audit caches (a pre-trained generator, a scan) on
+    a random stream of its own, seeded by `seed`: whether it runs or comes from the cache,
+    the caller's stream afterwards is the same, so a stage's result never depends on which
+    stages ran before it in the same process."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

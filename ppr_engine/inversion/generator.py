@@ -30,7 +30,7 @@ from torch import nn
 
 from ..data import DeviceLoader
 from ..models import frozen_copy, model_fingerprint
-from .context import InversionContext
+from .context import InversionContext, own_random_stream
 from .features import stage_features
 
 Output = Literal["direct", "residual"]
@@ -99,7 +99,8 @@ def pretrained_generator(model: nn.Module, ctx: InversionContext, loader: Device
     """G trained to preserve `model`'s predictions and last-stage features while staying
     close to its input (the authors' `pretrain.py`: pixel MSE weighted 100 while above 0.1,
     else 0.01; Adam; fp32). Cached per audit by the model's weights and the settings, so
-    BTI-DBF and PAM, which invert the same submitted model, pre-train once.
+    BTI-DBF and PAM, which invert the same submitted model, pre-train once; it runs on its
+    own loader and random stream, so a cache hit leaves the caller where a miss would.
 
     Departure: the prediction term is CE(f(G(x)), softmax f(x)); the authors pass two
     softmax outputs to a cross-entropy (the first taken as logits), a quirk whose intent,
@@ -108,7 +109,18 @@ def pretrained_generator(model: nn.Module, ctx: InversionContext, loader: Device
            len(loader.ds), loader.batch_size, loader.augment, ctx.seed)
     if key in ctx.cache:
         return copy.deepcopy(ctx.cache[key])
-    torch.manual_seed(ctx.seed)
+    with own_random_stream(ctx.device, ctx.seed):
+        gen = _pretrain(model, ctx, DeviceLoader(
+            loader.ds, loader.batch_size, shuffle=loader.shuffle, augment=loader.augment,
+            device=loader.device, seed=ctx.seed), width=width, blocks=blocks, output=output,
+            epochs=epochs, lr=lr)
+    ctx.cache[key] = copy.deepcopy(gen)
+    return gen
+
+
+def _pretrain(model: nn.Module, ctx: InversionContext, loader: DeviceLoader, *, width: int,
+              blocks: int, output: Output, epochs: int, lr: float) -> UNet:
+    """The pre-training itself, on a loader of its own (see pretrained_generator)."""
     gen = UNet(model.input_mean, model.input_std, width, blocks, output).to(ctx.device).train()
     opt = torch.optim.Adam(gen.parameters(), lr=lr)
     ref = frozen_copy(model, train_mode=False)
@@ -129,5 +141,4 @@ def pretrained_generator(model: nn.Module, ctx: InversionContext, loader: Device
             opt.step()
         ctx.progress(f"generator pre-training: epoch {epoch + 1}/{epochs}",
                      (epoch + 1) / max(1, epochs))
-    ctx.cache[key] = copy.deepcopy(gen)
     return gen

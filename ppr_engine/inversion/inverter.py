@@ -48,7 +48,7 @@ from ..bounds import budget
 from ..data import DeviceLoader
 from ..models import architecture, model_fingerprint
 from ..train import Progress, no_progress
-from .context import InversionContext
+from .context import InversionContext, own_random_stream
 from .detection import Detection, detect_target
 from .features import learn_feature_mask, stage_features
 from .generator import Output, UNet, normalized_mse, pretrained_generator
@@ -203,9 +203,10 @@ class Inverter:
                target)
         if key not in self.ctx.cache:
             self.ctx.progress("trigger scan", 0.0)
-            self.ctx.cache[key] = smallest_triggers(model, self.ctx.clean, self.ctx.val,
-                                                    self.p.scan, self.device, self.ctx.seed,
-                                                    self.ctx.progress, confirm=target)
+            with own_random_stream(self.device, self.ctx.seed):
+                self.ctx.cache[key] = smallest_triggers(
+                    model, self.ctx.clean, self.ctx.val, self.p.scan, self.device,
+                    self.ctx.seed, self.ctx.progress, confirm=target)
         return self.ctx.cache[key]
 
     @torch.no_grad()

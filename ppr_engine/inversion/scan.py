@@ -97,6 +97,7 @@ class ScanResult:
     ratio: float  # its size over the median of the other classes'
     anomaly_index: list[float]  # Neural Cleanse's MAD score per class (positive: smaller)
     max_ratio: float
+    trigger: nn.Module | None = field(default=None, repr=False, compare=False)  # the learnt
 
     @property
     def anomalous(self) -> bool:
@@ -180,6 +181,16 @@ class _Trigger(nn.Module):
         xs = x[None].expand(k, *x.shape).flatten(0, 1)
         return F.grid_sample(xs, grid.repeat_interleave(n, 0), align_corners=True)
 
+    def apply_class(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        """Class `j`'s learnt trigger on a batch (Neural Cleanse's unlearning uses it)."""
+        if self.family == "patch":
+            m, pat = torch.sigmoid(self.a[j]), torch.sigmoid(self.b[j])
+            return (1 - m) * x + m * pat
+        if self.family == "additive":
+            return (x + self.a[j]).clamp(0, 1)
+        grid = (self.identity + self._flow()[j:j + 1]).clamp(-1, 1)
+        return F.grid_sample(x, grid.expand(len(x), -1, -1, -1), align_corners=True)
+
     def sizes(self) -> torch.Tensor:
         """Per-class size: mask L1, perturbation L2, or mean displacement in pixels."""
         if self.family == "patch":
@@ -228,8 +239,9 @@ def _scan_family(net: nn.Module, family: Family, train: ImageSet, held_out: Imag
     smallest, ratio = _ratio(size, torch.tensor(reached_list))
     median = size.median()
     mad = (size - median).abs().median().clamp_min(1e-8) * 1.4826
+    trig.requires_grad_(False)
     return ScanResult(family, size.tolist(), success, reached_list, smallest, ratio,
-                      ((median - size) / mad).tolist(), p.max_ratio)
+                      ((median - size) / mad).tolist(), p.max_ratio, trig)
 
 
 def _ratio(size: torch.Tensor, reached: torch.Tensor) -> tuple[int, float]:

@@ -48,6 +48,13 @@ def interpolate(pur: nn.Module, bd: nn.Module, lam: float, *, buffers: bool) -> 
     return out
 
 
+def bezier(p0: torch.Tensor, pc: torch.Tensor, p1: torch.Tensor, t: float) -> torch.Tensor:
+    """The quadratic Bezier curve through end points p0, p1 with control point pc, at t:
+    (1 - t)^2 p0 + 2 t (1 - t) pc + t^2 p1 (MCR's path between two modes; t = 0 and 1 are
+    the end points, as lambda is on the straight LMC path)."""
+    return (1 - t) ** 2 * p0 + 2 * t * (1 - t) * pc + t ** 2 * p1
+
+
 @torch.no_grad()
 def recompute_bn(model: nn.Module, data: ImageSet, device: torch.device) -> None:
     """Reset BN running statistics and re-estimate them (cumulative) on `data`."""
@@ -67,9 +74,11 @@ def recompute_bn(model: nn.Module, data: ImageSet, device: torch.device) -> None
 
 
 def trace_path(pur: nn.Module, bd: nn.Module, clean: ImageSet, test: ImageSet,
-               triggered: ImageSet, target: int, *, points: int = 11, bn: str = "recompute",
-               device: torch.device, progress: Progress = no_progress) -> list[PathPoint]:
-    """Metrics at `points` evenly spaced lambdas from the purified (0) to the backdoored (1)."""
+               triggered: ImageSet, target: int | torch.Tensor, *, points: int = 11,
+               bn: str = "recompute", device: torch.device,
+               progress: Progress = no_progress) -> list[PathPoint]:
+    """Metrics at `points` evenly spaced lambdas from the purified (0) to the backdoored (1)
+    (`target`: the backdoor label, one class or one per triggered image)."""
     out = []
     for i in range(points):
         lam = i / (points - 1)

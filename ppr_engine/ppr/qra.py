@@ -10,7 +10,7 @@ perturbation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +61,10 @@ def qra_training_set(pool: ImageSet, trigger: Trigger, spec: QRASpec, seed: int)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(pool), generator=g)
     clean = pool.subset(order[:spec.clean_num])
-    nt = order[pool.y.cpu()[order] != trigger.target][spec.clean_num:
-                                                      spec.clean_num + spec.poison_num]
+    moved = order[trigger.attacked(pool.y.cpu()[order])]
+    nt = moved[spec.clean_num:spec.clean_num + spec.poison_num]
     if len(nt) == 0:
-        nt = order[pool.y.cpu()[order] != trigger.target][:spec.poison_num]
+        nt = moved[:spec.poison_num]
     poisoned, _ = trigger.draw_triggered(pool, nt, spec.poison_num, clean_label_rule=False)
     return ImageSet.concat(clean, poisoned)
 
@@ -80,13 +80,18 @@ def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, dat
         m.eval()
         for q in m.parameters():
             q.requires_grad_(False)
+    # the retuned model's answers depend on the image alone (eval mode, no augmentation):
+    # computed once, not once per epoch, and looked up by position
+    data = replace(data, index=torch.arange(len(data), device=data.x.device))
+    with torch.no_grad(), autocast(device):
+        answers = torch.cat([F.softmax(retuned(x).float(), 1) for x, _ in DeviceLoader(
+            data, spec.batch_size, shuffle=False, device=device)])
     loader = DeviceLoader(data, spec.batch_size, shuffle=True, device=device, seed=seed)
     try:
         for epoch in range(spec.epochs):
-            for x, y in loader:
+            for x, y, at in loader.indexed():
                 with autocast(device):
-                    with torch.no_grad():
-                        p_ra = F.softmax(retuned(x).float(), 1)
+                    p_ra = answers[at]
                     xp = gen(x)
                     kl = F.kl_div(F.log_softmax(purified(xp).float(), 1), p_ra,
                                   reduction="batchmean")
@@ -109,15 +114,23 @@ def perturbed(gen: PerturbationGenerator, data: ImageSet, device: torch.device) 
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate_qra(gen: PerturbationGenerator, model: nn.Module, clean_test: ImageSet,
-                 triggered_test: ImageSet, target: int, device: torch.device
-                 ) -> tuple[float, float]:
-    """(ASR on triggered test + delta, target rate on clean non-target test + delta)."""
+def qra_asr(gen: PerturbationGenerator, model: nn.Module, triggered_test: ImageSet,
+            trigger: Trigger, device: torch.device) -> float:
+    """ASR on the triggered test images + delta, over the trigger's label map (all the
+    transfer to other methods' models needs)."""
     trig = triggered_test.with_images(perturbed(gen, triggered_test, device))
-    asr = attack_success_rate(model, trig, target)
-    non_target = clean_test.subset(torch.nonzero(clean_test.y.cpu() != target).flatten())
-    clean = perturbed(gen, non_target, device)
-    return asr, target_rate(model, clean, target)
+    return attack_success_rate(model, trig, trigger.targets(triggered_test.y))
+
+
+def evaluate_qra(gen: PerturbationGenerator, model: nn.Module, clean_test: ImageSet,
+                 triggered_test: ImageSet, trigger: Trigger, device: torch.device
+                 ) -> tuple[float, float]:
+    """(ASR on triggered test + delta, backdoor-label rate on the clean test images the
+    backdoor moves + delta), both over the trigger's label map."""
+    asr = qra_asr(gen, model, triggered_test, trigger, device)
+    moved = trigger.non_target(clean_test)
+    clean = perturbed(gen, moved, device)
+    return asr, target_rate(model, clean, trigger.targets(moved.y))
 
 
 def run_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, pool: ImageSet,
@@ -127,7 +140,6 @@ def run_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, pool:
     data = qra_training_set(pool, trigger, spec, seed)
     gen = train_qra(purified, retuned, reference, data, spec, device=device, seed=seed,
                     progress=progress)
-    asr, c2t = evaluate_qra(gen, purified, clean_test, triggered_test, trigger.target, device)
-    r_asr, r_c2t = evaluate_qra(gen, reference, clean_test, triggered_test, trigger.target,
-                                device)
+    asr, c2t = evaluate_qra(gen, purified, clean_test, triggered_test, trigger, device)
+    r_asr, r_c2t = evaluate_qra(gen, reference, clean_test, triggered_test, trigger, device)
     return QRAOutcome(gen, asr, c2t, r_asr, r_c2t, [])

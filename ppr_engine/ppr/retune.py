@@ -52,7 +52,7 @@ def build_retune_set(pool: ImageSet, trigger: Trigger, poison_num: int, clean_nu
                         f"{poison_num} poisoned ({kind}) + {clean_num} clean")
     clean = pool.subset(clean_pos)
     clean_x = random_crop_flip(clean.x, torch.Generator().manual_seed(seed + 1))
-    target = torch.full_like(poisoned.y, trigger.target)
+    target = trigger.targets(poisoned.y)  # the backdoor label of each image
     data = ImageSet.concat(clean.with_images(clean_x), poisoned.with_images(poisoned.x, target))
     mask = torch.cat([torch.zeros(len(clean_pos), dtype=torch.bool),
                       torch.ones(len(poisoned), dtype=torch.bool)])

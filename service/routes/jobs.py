@@ -147,9 +147,10 @@ def job_stages(job_id: str, principal: Principal, store: StoreDep) -> list[Stage
           "StageView) per change of a stage's state, until the job is final"}, **ERRORS})
 async def job_events(job_id: str, request: Request, principal: Principal, store: StoreDep,
                      settings: SettingsDep) -> StreamingResponse:
-    """Follow a job without polling: a `job` event with the job's status now and after every
-    change (state, stage, progress), the last one when the job is final; a comment line
-    every few seconds keeps the connection open through proxies."""
+    """Follow a job without polling: a `stage` event for each stage's state now and after
+    every change, then a `job` event with the job's status now and after every change (state,
+    stage, progress), the last one when the job is final; a comment line every few seconds
+    keeps the connection open through proxies."""
     await run_in_threadpool(_job, store, job_id, principal)  # 404 before the stream starts
 
     async def stream():

@@ -70,8 +70,14 @@ def test_the_demo_audited_by_example_agrees_with_the_parametric_audit(demo_repor
 def test_the_demo_audited_with_an_inverted_trigger_agrees_with_the_known_trigger(
         demo_report, demo_checkpoint):
     """The demo's model audited without its trigger (`attack: inverted`): the inversion finds
-    class 3 and the scan confirms it; FST is flagged superficial and EP robust, as in the
-    audit that knows the trigger; the report says the trigger was inverted and shows images."""
+    class 3 and the scan confirms it; FST's backdoor comes back under RA with the inverted
+    trigger and EP's does not, as in the audit that knows the trigger; the report says the
+    trigger was inverted and shows images.
+
+    FST's verdict itself is not compared: RA with the inverted trigger also teaches the EP
+    baseline a good part of it (P-ASR 0.59 measured, against 0.10 with the true trigger), so
+    FST's gap (0.35 measured) sits near enough to the 0.2 margin that two CPU runs have put
+    it on either side."""
     raw = demo_spec(quick=True).model_dump(mode="json")
     raw["triggers"] = [DEMO_UNKNOWN_TRIGGER]
     raw["plan"]["methods"] = [m for m in raw["plan"]["methods"] if m["name"] in ("fst", "ep")]
@@ -82,8 +88,11 @@ def test_the_demo_audited_with_an_inverted_trigger_agrees_with_the_known_trigger
     assert inv.found and inv.target == 3 and inv.trigger == "inverted", inv.conclusion
     assert inv.scan["smallest"] == 3 and inv.scan["ratio"] <= 0.5
     assert r.model.asr["inverted"] >= 0.9 and r.model.backdoors_found == 1
-    for key, verdict in (("fst", "superficial"), ("ep", "robust")):
-        assert demo_report.method(key).verdict == r.method(key).verdict == verdict, key
+    fst, ep = r.method("fst"), r.method("ep")
+    assert demo_report.method("fst").verdict == "superficial"
+    assert fst.o_asr <= 0.2 and fst.p_asr >= 0.8 and fst.p_asr > ep.p_asr + 0.2, (
+        fst.o_asr, fst.p_asr, ep.p_asr)
+    assert demo_report.method("ep").verdict == ep.verdict == "robust"
     assert r.headline.startswith("The trigger was inverted from the model: class 3")
     assert not r.gate.passed and r.gate.clauses[0].value == 1.0  # a release gate catches it
     assert len(inv.examples) == 4 and sum(e.predicted == 3 for e in inv.examples) >= 3

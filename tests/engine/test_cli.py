@@ -22,7 +22,13 @@ def test_help_and_methods():
     assert out.returncode == 0 and "make-backdoor" in out.stdout and "gate" in out.stdout
     cat = json.loads(ppr("methods", "--json").stdout)
     assert {"architectures", "attacks", "methods", "data_kinds"} == set(cat)
-    assert "pam" in [m["name"] for m in cat["methods"]]
+    methods = {m["name"]: m for m in cat["methods"]}
+    assert {"pam", "nc", "sau", "clp", "bnp", "rnp", "npd", "mcr"} <= set(methods)
+    assert methods["clp"]["kind"] == "data-free" and methods["nc"]["kind"] == "mitigation"
+    assert all(m["kind"] and m["reference"] for m in methods.values()), methods
+    assert "ECCV 2022" in methods["clp"]["reference"]
+    text = ppr("methods").stdout
+    assert "clp              [data-free] CLP" in text and "reference: Zheng et al." in text
     assert "examples" in [a["name"] for a in cat["attacks"]]
     assert "backdoorbench" in [k["name"] for k in cat["data_kinds"]]
 

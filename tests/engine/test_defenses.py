@@ -61,7 +61,9 @@ def ctx(defender_set, badnets, device):
 
 
 def test_every_method_is_covered():
-    assert sorted(CASES) == sorted(DEFENSES.names())
+    from .test_defenses_bb import CASES as BACKDOORBENCH_CASES
+
+    assert sorted([*CASES, *BACKDOORBENCH_CASES]) == sorted(DEFENSES.names())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -276,8 +278,41 @@ def test_tsbd_chooses_n_on_the_validation_split(ctx, backdoored):
 
     p = TSBDParams(**CASES["tsbd"][0])
     torch.manual_seed(0)
-    unlearned, _ = clean_unlearn(copy.deepcopy(backdoored), ctx, p)
+    unlearned, _ = clean_unlearn(copy.deepcopy(backdoored), ctx, lr=p.unlearn_lr,
+                                 batch_size=p.batch_size, stop_acc=p.unlearn_acc,
+                                 max_epochs=p.max_unlearn_epochs)
     zeroed, _ = zero_top_changes(backdoored, weight_changes(backdoored, unlearned),
                                  out.record["n"], p.m)
     chosen = next(t for t in trace if t["n"] == out.record["n"])
     assert metrics.clean_accuracy(zeroed, ctx.val) == pytest.approx(chosen["val_acc"], abs=1e-3)
+
+
+def test_tsbd_vectorised_ranking_and_zeroing_match_the_per_channel_loop(backdoored,
+                                                                        clean_model):
+    """TSBD's NWC ranking and zeroing, one reduction and one masked write per layer, give
+    the per-channel loop's order, weights and count (the loop is the oracle here)."""
+    from ppr_engine.defenses.tsbd import ranked_convolutions, weight_changes, zero_top_changes
+
+    ranked = weight_changes(backdoored, clean_model)  # any two models of one architecture
+    after, loop = dict(clean_model.named_modules()), []
+    for name, conv in ranked_convolutions(backdoored):
+        change = (after[name].weight.detach() - conv.weight.detach()).abs().flatten(1)
+        loop += [(name, c, change[c]) for c in range(change.shape[0])]
+    loop.sort(key=lambda r: float(r[2].sum()), reverse=True)
+    assert [(n, c) for n, c, _ in ranked] == [(n, c) for n, c, _ in loop]
+    for n, m in ((0.05, 0.5), (0.3, 0.9)):
+        zeroed, count = zero_top_changes(backdoored, ranked, n, m)
+        expected, expected_count = copy.deepcopy(backdoored), 0
+        top = loop[:max(1, int(len(loop) * n))]
+        pool = torch.cat([c for _, _, c in top])
+        threshold = torch.topk(pool, max(1, int(len(pool) * m))).values.min()
+        convs = dict(expected.named_modules())
+        with torch.no_grad():
+            for name, ch, change in top:
+                hit = change >= threshold
+                convs[name].weight[ch].view(-1)[hit] = 0.0
+                expected_count += int(hit.sum())
+        assert count == expected_count > 0
+        for (k, a), b in zip(zeroed.state_dict().items(), expected.state_dict().values(),
+                             strict=True):
+            assert torch.equal(a, b), k

@@ -222,3 +222,30 @@ def test_the_inversion_needs_nothing_from_the_defenses_or_the_attacks():
 
     assert not [m for m in imports("attacks") if "defenses" in m]
     assert not [m for m in imports("inversion") if "defenses" in m or "attacks" in m]
+
+
+def test_a_cached_pre_training_leaves_the_callers_random_streams_as_a_fresh_one(backdoored,
+                                                                               defender_set):
+    """BTI-DBF and PAM share the pre-trained generator of one audit: whether it is trained or
+    taken from the cache, the global stream and the caller's loader are where they were, so
+    PAM's result does not depend on whether BTI-DBF ran first in the same process."""
+    from ppr_engine.data import DeviceLoader
+    from ppr_engine.inversion import InversionContext
+    from ppr_engine.inversion.generator import pretrained_generator
+
+    kw = {"width": 4, "blocks": 2, "output": "residual", "epochs": 1, "lr": 1e-3}
+    images = defender_set.subset(torch.arange(64))
+    after = []
+    for warm in (False, True):
+        ctx = InversionContext(images, images, torch.device("cpu"), seed=0)
+        loader = DeviceLoader(images, 32, shuffle=True, seed=5)
+        if warm:  # another method pre-trained it first
+            pretrained_generator(backdoored, ctx, DeviceLoader(images, 32, seed=9), **kw)
+        torch.manual_seed(1)
+        gen = pretrained_generator(backdoored, ctx, loader, **kw)
+        after.append((torch.get_rng_state(), loader.generator.get_state(),
+                      [q.detach().clone() for q in gen.parameters()]))
+    (rng_a, load_a, gen_a), (rng_b, load_b, gen_b) = after
+    assert torch.equal(rng_a, rng_b) and torch.equal(load_a, load_b)
+    assert all(torch.equal(a, b) for a, b in zip(gen_a, gen_b, strict=True))
+    assert torch.equal(rng_a, torch.manual_seed(1).get_state())  # nothing drawn from it

@@ -59,7 +59,8 @@ def test_a_clean_model_gets_no_backdoor_found_and_no_verdict(train_set, device, 
     assert r.headline == inv.conclusion
     assert r.methods == [] and r.model.asr == {} and r.model.backdoors_found == 0
     assert r.model.c_acc >= 0.9
-    assert {s.name for s in r.stages if s.status == "skipped"} >= {"purify", "retune"}
+    assert {s.name.split(":")[0] for s in r.stages if s.status == "skipped"} >= {
+        "purify", "retune"}
     fst_clause, found_clause = r.gate.clauses
     assert not fst_clause.passed and "no backdoor found by inversion" in fst_clause.detail
     assert found_clause.passed and not r.gate.passed

@@ -92,3 +92,37 @@ def test_lmc_end_points_reproduce_the_two_models(backdoored, clean_model, defend
     assert rec[0].asr == pytest.approx(path[0].asr, abs=0.05)
     assert rec[-1].asr == pytest.approx(path[-1].asr, abs=0.05)
     assert lambda50(path) == next(p.lam for p in path if p.asr > 0.5)
+
+
+def test_qra_with_the_retuned_answers_computed_once_learns_the_per_epoch_generator(
+        defender_set, badnets, backdoored, clean_model, device):
+    """QRA takes the retuned model's answers once per image instead of once per epoch: the
+    generator it learns is the one the per-epoch loop (the oracle, below) learns."""
+    import torch.nn.functional as F
+
+    from ppr_engine.data import DeviceLoader
+    from ppr_engine.ppr.qra import PerturbationGenerator
+
+    spec = QRASpec(epochs=3, hidden=64, clean_num=100, poison_num=100)
+    ds = qra_training_set(defender_set, badnets, spec, seed=0)
+    retuned, purified, ref = (copy.deepcopy(m).eval() for m in (backdoored, clean_model,
+                                                                  clean_model))
+    got = train_qra(purified, retuned, ref, ds, spec, device=device, seed=0)
+    torch.manual_seed(0)
+    gen = PerturbationGenerator(tuple(ds.x.shape[1:]), spec.hidden, spec.eps / 255).to(device)
+    opt = torch.optim.SGD(gen.parameters(), lr=spec.lr, momentum=spec.momentum)
+    for m in (purified, retuned, ref):
+        m.requires_grad_(False)
+    loader = DeviceLoader(ds, spec.batch_size, shuffle=True, device=device, seed=0)
+    for _ in range(spec.epochs):
+        for x, y in loader:
+            with torch.no_grad():
+                p_ra = F.softmax(retuned(x).float(), 1)
+            xp = gen(x)
+            loss = spec.alpha * F.kl_div(F.log_softmax(purified(xp).float(), 1), p_ra,
+                                         reduction="batchmean") + F.cross_entropy(ref(xp), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    for a, b in zip(got.parameters(), gen.parameters(), strict=True):
+        assert torch.equal(a, b), float((a - b).abs().max())

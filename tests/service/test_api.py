@@ -317,8 +317,11 @@ def test_health_readiness_and_metrics(client, app):
 def test_methods_come_from_the_registries(client):
     body = client.get("/v1/methods").json()
     names = [m["name"] for m in body["methods"]]
-    assert {"ft", "fst", "fp", "nad", "anp", "ibau", "ft_sam", "bti_dbf", "ep", "pam"} <= set(
-        names)
+    assert {"ft", "fst", "fp", "nad", "anp", "ibau", "ft_sam", "bti_dbf", "ep", "pam", "nc",
+            "sau", "clp", "bnp", "rnp", "npd", "mcr"} <= set(names)
+    kinds = {m["name"]: m["kind"] for m in body["methods"]}
+    assert kinds["clp"] == "data-free" and kinds["pam"] == "mitigation" and kinds["ep"] == "oracle"
+    assert all(m["reference"] for m in body["methods"])
     pam = next(m for m in body["methods"] if m["name"] == "pam")
     assert pam["params"]["rho"]["default"] == 0.5
     examples = next(a for a in body["attacks"] if a["name"] == "examples")
@@ -381,10 +384,14 @@ def test_job_status_has_an_etag_and_an_event_stream(client, app, small_checkpoin
     changed = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.json()["state"] == "succeeded"
     assert changed.headers["ETag"] != etag
-    # the event stream of a final job: one `job` event, then the stream ends
+    # the event stream of a final job: one `stage` event per stage, one `job` event, the end
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln]
-    assert lines[0] == "event: job" and json.loads(lines[1][5:])["state"] == "succeeded"
-    assert len(lines) == 2
+    events = [(lines[i][7:], json.loads(lines[i + 1][5:])) for i in range(0, len(lines), 2)]
+    stages = client.get(f"/v1/jobs/{job_id}/stages").json()
+    assert [e for e, _ in events] == ["stage"] * len(stages) + ["job"]
+    assert {body["id"]: body["state"] for _, body in events[:-1]} == {
+        st["id"]: st["state"] for st in stages}
+    assert events[-1][1]["state"] == "succeeded"
     assert client.get("/v1/jobs/nope/events").status_code == 404

@@ -134,14 +134,14 @@ def test_no_message_reveals_whether_a_server_path_exists(tmp_path, small_checkpo
 
 
 def test_a_checkpoint_that_cannot_fit_is_refused_before_the_model_is_built(gateway):
-    """A 1-byte checkpoint with a 100,000-class ViT: refused by its size against the
-    architecture's parameter count (a model built on the meta device), never by building the
-    440 MB model first."""
+    """A 2-byte checkpoint that looks like a PyTorch pickle, with a 100,000-class ViT: refused
+    by its size against the architecture's parameter count (a model built on the meta
+    device), never by building the 440 MB model first."""
     client, _ = gateway
     spec = quick_spec()
     spec["model"] = {"arch": "vit_b_16", "num_classes": 100_000}
     spec["data"] = {"clean": "synthetic:?n=300&size=224", "test": "synthetic:?n=300&size=224"}
-    r = client.post("/v1/audits", files={"checkpoint": ("m.safetensors", b"x")},
+    r = client.post("/v1/audits", files={"checkpoint": ("m.pt", b"\x80\x04")},
                     data={"spec": json.dumps(spec)})
     assert r.status_code == 422, r.text
     assert "too small for vit_b_16 with 100000 classes" in r.json()["error"]["message"]
