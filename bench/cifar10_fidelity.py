@@ -41,7 +41,7 @@ from ppr_engine.report import to_markdown  # noqa: E402
 from ppr_engine.spec import validate_spec  # noqa: E402
 
 ALL = ["ft", "lp", "ft_init", "fe_tuning", "fst", "fp", "nad", "anp", "ibau", "ft_sam",
-       "bti_dbf", "tsbd", "ep", "pam"]
+       "bti_dbf", "tsbd", "ep", "pam", "nc", "sau", "clp", "bnp", "rnp", "npd", "mcr"]
 TARGET = 0  # the paper's target class
 
 
@@ -139,6 +139,10 @@ def plan(a: argparse.Namespace) -> dict:
                          **({} if m.get("data") == "trigger" else {"inversion": inv}))
             elif m["name"] == "tsbd":
                 m.update(max_unlearn_epochs=20)
+            elif m["name"] in ("nc", "sau", "npd"):  # BackdoorBench's 100 / 100 / 50 epochs
+                m.update(epochs=20)
+            elif m["name"] == "mcr":
+                m.update(epochs=20, ft_epochs=20)
         return {"methods": methods, "retune": {"sweep": [[20, 5], [50, 5]]},
                 "qra": {"epochs": 10}, "lmc": {"points": 5}}
     if not a.smoke:
@@ -153,7 +157,9 @@ def plan(a: argparse.Namespace) -> dict:
             m.update(epochs=1, rounds=1, scale_to=None, inversion=inv)
         elif m["name"] == "tsbd":
             m.update(epochs=1, max_unlearn_epochs=1)
-        else:
+        elif m["name"] == "rnp":
+            m.update(unlearning_epochs=1, recovering_epochs=1)
+        elif m["name"] not in ("clp", "bnp"):  # one pass over weights or one batch already
             m.update(epochs=1)
     return {"methods": methods, "retune": {"epochs": 1},
             "qra": {"epochs": 1, "hidden": 64}, "lmc": {"points": 3}}
