@@ -281,11 +281,19 @@ FIELD_STAGES = {"p_asr": "retune", "p_cacc": "retune", "baseline_p_asr": "retune
 
 
 def check_plan(spec: AuditSpec) -> None:
-    """Refuse what no executor could run, naming the stage that is missing: QRA without RA
-    (QRA is guided by the RA model), a gate clause on a field no stage of the plan computes."""
+    """Refuse what no executor could run, naming what is missing: a method that needs
+    BatchNorm on an architecture without it, QRA without RA (QRA is guided by the RA
+    model), a gate clause on a field no stage of the plan computes."""
+    from .defenses import DEFENSES, NEEDS_BATCHNORM
     from .gate import parse_clause
+    from .models import has_batchnorm
 
     plan = spec.plan
+    need_bn = [m.key for m in plan.methods if NEEDS_BATCHNORM in DEFENSES.get(m.name).tags]
+    if need_bn and not has_batchnorm(spec.model.arch):
+        raise SpecError(f"{', '.join(need_bn)} {'needs' if len(need_bn) == 1 else 'need'} "
+                        f"BatchNorm layers, and {spec.model.arch} has none; choose other "
+                        "methods for this architecture")
     if plan.qra.enabled and not plan.retune.enabled and spec.triggers:
         raise SpecError("plan.qra needs the retune stages (QRA is guided by the RA model): "
                         "set plan.retune.enabled: true, or plan.qra.enabled: false")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -120,21 +120,29 @@ def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: f
 
 
 @torch.no_grad()
+def eval_batches(data: ImageSet | torch.Tensor, device: torch.device,
+                 batch_size: int = 1024) -> Iterator[torch.Tensor]:
+    """`data`'s images in order, as float batches on `device`: the batches `predict` and
+    every evaluation built on it see, so that results computed from them agree bit for bit."""
+    x_all = data.x if isinstance(data, ImageSet) else data
+    for start in range(0, len(x_all), batch_size):
+        x = x_all[start:start + batch_size].to(device)
+        yield to_float(x) if x.dtype == torch.uint8 else x
+
+
 def predict(model: nn.Module, data: ImageSet | torch.Tensor, *, device: torch.device | None = None,
             batch_size: int = 1024) -> torch.Tensor:
-    """Predicted labels (on the CPU) for every image in `data` (uint8 or ImageSet)."""
+    """Predicted labels (on the CPU) for every image in `data` (uint8 or ImageSet); one
+    copy to the host at the end, not one per batch."""
     device = device or next(model.parameters()).device
-    x_all = data.x if isinstance(data, ImageSet) else data
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(x_all), batch_size):
-        x = x_all[start:start + batch_size].to(device)
-        x = to_float(x) if x.dtype == torch.uint8 else x
+    for x in eval_batches(data, device, batch_size):
         with autocast(device):
-            out.append(model(x).argmax(1).cpu())
+            out.append(model(x).argmax(1))
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
 
 
 def accuracy(model: nn.Module, data: ImageSet, **kw) -> float:
@@ -144,5 +152,5 @@ def accuracy(model: nn.Module, data: ImageSet, **kw) -> float:
     return float((predict(model, data, **kw) == data.y.cpu()).float().mean())
 
 
-__all__ = ["Cancelled", "Progress", "accuracy", "autocast", "cosine", "fit",
+__all__ = ["Cancelled", "Progress", "accuracy", "autocast", "cosine", "eval_batches", "fit",
            "no_progress", "pick_device", "predict", "prepare", "sgd"]

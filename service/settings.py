@@ -53,6 +53,11 @@ class Settings(BaseSettings):
                                              "unacknowledged job; default job limit + 10 min")
     queue: str = "ppr"
     device: str | None = Field(None, description="torch device of a worker")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU compute threads of each job a worker runs "
+        "(torch.set_num_threads); default: torch's own, one per core. With N workers on one "
+        "CPU machine, set it to cores / N: more threads than cores slow every job down "
+        "several times")
     tokens_file: Path | None = Field(None, description="a file holding the tokens (same "
                                      "format as PPR_TOKENS), e.g. a Docker or Kubernetes "
                                      "secret; merged with PPR_TOKENS")

@@ -66,12 +66,18 @@ def main(
     = False,
     max_age: Annotated[float, typer.Option(help="--check: oldest acceptable heartbeat, "
                                            "seconds")] = HEARTBEAT_S * 3,
+    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="CPU compute threads "
+                                                "per job (sets PPR_TORCH_THREADS); with N "
+                                                "workers on one CPU machine, cores / N")]
+    = None,
 ) -> None:
     """Consume jobs until stopped (or, with --check, report this host's worker health)."""
     if check:
         raise typer.Exit(health(max_age))
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if threads is not None:
+        os.environ["PPR_TORCH_THREADS"] = str(threads)
     import logging
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s %(levelname)s "

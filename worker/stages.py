@@ -110,14 +110,9 @@ def cached_inputs(job, settings: Settings, store: JobStore, artifacts: ArtifactS
 def run_stage_child(job_id: str, stage_id: str, worker: str, settings_json: str, conn,
                     started: float) -> None:
     """A stage's child process: run it, store its models, send its outcome."""
-    import signal
+    from .child import enter_child
 
-    from .supervise import die_with_parent
-
-    die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settings = Settings.model_validate_json(settings_json)
+    settings = enter_child(settings_json)
     store, artifacts = JobStore(settings.db_url), ArtifactStore(settings.artifact_dir)
     conn.send(execute_stage(job_id, stage_id, worker, settings, store, artifacts))
     conn.close()

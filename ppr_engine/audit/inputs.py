@@ -23,6 +23,7 @@ from ..data import ImageSet
 from ..defenses import DefenseContext
 from ..errors import SpecError
 from ..metrics import attack_success_rate
+from ..ppr.lmc import PathPoint, backdoored_end
 from ..ppr.retune import RetuneSet, build_retune_set
 from ..spec import AuditSpec
 from ..train import pick_device
@@ -72,6 +73,7 @@ class AuditInputs:
     ctx: DefenseContext | None = None
     _triggered: dict[int, ImageSet] = field(default_factory=dict)
     _retune_sets: dict[tuple[int, int, int], RetuneSet] = field(default_factory=dict)
+    _lmc_ends: dict[tuple[int, str], PathPoint] = field(default_factory=dict)
 
     def triggered(self, i: int) -> ImageSet:
         """Trigger `i`'s test images (non-target, triggered, true labels), built once."""
@@ -94,6 +96,16 @@ class AuditInputs:
             self._retune_sets[key] = build_retune_set(self.pool, self.triggers[i], poison_num,
                                                       clean_num, self.spec.plan.retune.seed)
         return self._retune_sets[key]
+
+    def lmc_end(self, i: int) -> PathPoint:
+        """LMC's lambda = 1 point for trigger `i` (the submitted model), computed once and
+        shared by every method's path."""
+        bn = self.spec.plan.lmc.bn
+        if (i, bn) not in self._lmc_ends:
+            self._lmc_ends[(i, bn)] = backdoored_end(
+                self.model, self.clean_train, self.test, self.triggered(i),
+                self.backdoor_labels(i), bn=bn, device=self.device)
+        return self._lmc_ends[(i, bn)]
 
     def context(self, active: list[int]) -> DefenseContext:
         """The defenses' context, knowing the triggers `active` (shared cache)."""

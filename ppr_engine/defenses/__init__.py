@@ -20,6 +20,15 @@ from . import (  # noqa: F401  (registration)
     sau,
     tsbd,
 )
-from .base import DEFENSES, DefenseContext, Purified, TuneParams, purify, reinit_head
+from .base import (
+    DEFENSES,
+    NEEDS_BATCHNORM,
+    DefenseContext,
+    Purified,
+    TuneParams,
+    purify,
+    reinit_head,
+)
 
-__all__ = ["DEFENSES", "DefenseContext", "Purified", "TuneParams", "purify", "reinit_head"]
+__all__ = ["DEFENSES", "NEEDS_BATCHNORM", "DefenseContext", "Purified", "TuneParams", "purify",
+           "reinit_head"]

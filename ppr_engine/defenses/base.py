@@ -48,6 +48,7 @@ class DefenseContext(InversionContext):
 
 
 DATA_FREE = "data-free"  # the registry tag of methods that use no data at all
+NEEDS_BATCHNORM = "needs-batchnorm"  # the tag of methods that work on BatchNorm layers
 
 
 @dataclass

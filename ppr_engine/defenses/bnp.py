@@ -24,7 +24,7 @@ from torch import nn
 from ..bounds import budget
 from ..data import to_float
 from ..errors import SpecError
-from .base import DEFENSES, DefenseContext, Purified
+from .base import DEFENSES, NEEDS_BATCHNORM, DefenseContext, Purified
 from .clp import require_bn
 
 
@@ -49,7 +49,8 @@ def gaussian_kl(mean_p: torch.Tensor, var_p: torch.Tensor, mean_q: torch.Tensor,
 
 
 @DEFENSES.register("bnp", params=BNPParams, summary="BNP: prune neurons whose clean "
-                   "pre-activations diverge from their BN statistics", tags=("mitigation",),
+                   "pre-activations diverge from their BN statistics",
+                   tags=("mitigation", NEEDS_BATCHNORM),
                    reference=("Zheng et al., Pre-activation Distributions Expose Backdoor "
                               "Neurons, NeurIPS 2022; BackdoorBench defense/bnp.py"))
 def bnp(model, ctx: DefenseContext, p: BNPParams) -> Purified:

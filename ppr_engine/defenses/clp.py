@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import SpecError
-from .base import DATA_FREE, DEFENSES, DefenseContext, Purified
+from .base import DATA_FREE, DEFENSES, NEEDS_BATCHNORM, DefenseContext, Purified
 
 
 class CLPParams(BaseModel):
@@ -63,7 +63,7 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 
 @DEFENSES.register("clp", params=CLPParams, summary="CLP: data-free pruning of channels with "
-                   "an outlying Lipschitz bound", tags=(DATA_FREE,), reference=(
+                   "an outlying Lipschitz bound", tags=(DATA_FREE, NEEDS_BATCHNORM), reference=(
                        "Zheng et al., Data-free Backdoor Removal based on Channel "
                        "Lipschitzness, ECCV 2022; BackdoorBench defense/clp.py"))
 def clp(model, ctx: DefenseContext, p: CLPParams) -> Purified:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ..data import DeviceLoader
 from ..models import features, head_of
-from ..train import accuracy, fit
+from ..train import accuracy, autocast, eval_batches, fit
 from .base import DEFENSES, DefenseContext, Purified, TuneParams
 
 
@@ -44,6 +44,29 @@ def mean_activations(model, ctx: DefenseContext) -> torch.Tensor:
     return total / len(ctx.clean)
 
 
+@torch.no_grad()
+def head_inputs(model, data) -> list[torch.Tensor]:
+    """The head's input for each of `data`'s evaluation batches (`eval_batches`, under the
+    same autocast as `predict`): pruning changes only the head, so each pruning step's
+    validation accuracy needs the head alone, not a forward pass through the body."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for x in eval_batches(data, device):
+        with autocast(device):
+            out.append(features(model, x)[0])
+    return out
+
+
+@torch.no_grad()
+def head_accuracy(head, inputs: list[torch.Tensor], labels: torch.Tensor) -> float:
+    """The accuracy `accuracy(model, data)` gives, from the cached head inputs."""
+    device = head.weight.device
+    with autocast(device):
+        predicted = torch.cat([head(f).argmax(1) for f in inputs]).cpu()
+    return float((predicted == labels.cpu()).float().mean())
+
+
 @DEFENSES.register("fp", params=FPParams, summary="FP: fine-pruning of dormant channels",
                    tags=("mitigation",), reference=(
                        "Liu et al., Fine-Pruning, RAID 2018; BackdoorBench defense/fp.py"))
@@ -53,6 +76,7 @@ def fp(model, ctx: DefenseContext, p: FPParams) -> Purified:
     order = mean_activations(model, ctx).argsort()  # least active first
     w0 = head.weight.detach().clone()
     acc0 = accuracy(model, ctx.val)
+    val_inputs = head_inputs(model, ctx.val)
     step = max(1, math.ceil(p.prune_step * head.in_features))
     keep_mask = torch.ones(head.in_features, device=w0.device)
     pruned = 0
@@ -62,7 +86,7 @@ def fp(model, ctx: DefenseContext, p: FPParams) -> Purified:
         mask[order[:n]] = 0
         with torch.no_grad():
             head.weight.copy_(w0 * mask)
-        acc = accuracy(model, ctx.val)
+        acc = head_accuracy(head, val_inputs, ctx.val.y)
         if (acc0 - acc) / max(acc0, 1e-8) > p.acc_ratio:
             break
         keep_mask, pruned = mask, n

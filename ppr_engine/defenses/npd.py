@@ -32,7 +32,7 @@ from ..bounds import budget
 from ..data import DeviceLoader
 from ..errors import SpecError
 from ..train import cosine, sgd
-from .base import DEFENSES, DefenseContext, Purified, TuneParams
+from .base import DEFENSES, NEEDS_BATCHNORM, DefenseContext, Purified, TuneParams
 from .clp import conv_bn_pairs
 
 
@@ -105,7 +105,8 @@ def pgd_l2(model, x, y, radius: float, steps: int) -> torch.Tensor:
 
 
 @DEFENSES.register("npd", params=NPDParams, summary="NPD: a linear polarizer trained in the "
-                   "frozen model against perturbations, then folded in", tags=("mitigation",),
+                   "frozen model against perturbations, then folded in",
+                   tags=("mitigation", NEEDS_BATCHNORM),
                    reference=("Zhu et al., Neural Polarizer: A Lightweight and Effective "
                               "Backdoor Defense via Purifying Poisoned Features, NeurIPS "
                               "2023; BackdoorBench defense/npd.py"))

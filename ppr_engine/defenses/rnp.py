@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..bounds import budget
 from ..data import DeviceLoader
 from .anp import choose_threshold, wrap_bn
-from .base import DEFENSES, DefenseContext, Purified
+from .base import DEFENSES, NEEDS_BATCHNORM, DefenseContext, Purified
 from .clp import require_bn
 from .tsbd import clean_unlearn
 
@@ -83,7 +83,7 @@ def recover_masks(unlearned, ctx: DefenseContext, p: RNPParams) -> dict[str, tor
 
 
 @DEFENSES.register("rnp", params=RNPParams, summary="RNP: unlearn, recover neuron masks, prune "
-                   "the neurons the recovery keeps off", tags=("mitigation",),
+                   "the neurons the recovery keeps off", tags=("mitigation", NEEDS_BATCHNORM),
                    reference=("Li et al., Reconstructive Neuron Pruning for Backdoor Defense, "
                               "ICML 2023; BackdoorBench defense/rnp.py"))
 def rnp(model, ctx: DefenseContext, p: RNPParams) -> Purified:

@@ -278,11 +278,14 @@ def smallest_triggers(model: nn.Module, train: ImageSet, held_out: ImageSet, p: 
 @torch.no_grad()
 def _success(net: nn.Module, trig: _Trigger, ds: ImageSet, k: int, device: torch.device
              ) -> list[float]:
-    """Per class j: the share of `ds`'s images of other classes its trigger sends to j."""
-    hits, total = torch.zeros(k), torch.zeros(k)
+    """Per class j: the share of `ds`'s images of other classes its trigger sends to j
+    (counted on the device, one copy to the host at the end)."""
+    hits = torch.zeros(k, device=device)
+    total = torch.zeros(k, device=device)
+    classes = torch.arange(k, device=device)[:, None]
     for x, y in DeviceLoader(ds, 256, shuffle=False, device=device):
-        pred = net(trig(x)).argmax(1).view(k, len(x)).cpu()
-        other = y.cpu()[None] != torch.arange(k)[:, None]
-        hits += ((pred == torch.arange(k)[:, None]) & other).sum(1).float()
+        pred = net(trig(x)).argmax(1).view(k, len(x))
+        other = y.to(device)[None] != classes
+        hits += ((pred == classes) & other).sum(1).float()
         total += other.sum(1).float()
     return (hits / total.clamp_min(1)).tolist()

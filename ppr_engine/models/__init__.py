@@ -9,6 +9,7 @@ checkpoint files (see `ppr_engine.checkpoint`).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,6 +81,15 @@ def create(
     model.register_forward_pre_hook(_normalize_hook)
     model.arch_name = name  # type: ignore[assignment]
     return model
+
+
+@functools.cache
+def has_batchnorm(name: str) -> bool:
+    """Whether architecture `name` has BatchNorm layers (built on the meta device: no memory,
+    milliseconds), for refusing at validation a method that works on them."""
+    with torch.device("meta"):
+        model = architecture(name).build(2)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def submodule(model: nn.Module, path: str) -> nn.Module:

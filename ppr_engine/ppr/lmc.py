@@ -73,20 +73,38 @@ def recompute_bn(model: nn.Module, data: ImageSet, device: torch.device) -> None
     model.eval()
 
 
+def path_point(pur: nn.Module, bd: nn.Module, lam: float, clean: ImageSet, test: ImageSet,
+               triggered: ImageSet, target: int | torch.Tensor, *, bn: str,
+               device: torch.device) -> PathPoint:
+    """C-Acc and ASR of the model at `lam` on the path (BN statistics as `bn` says)."""
+    model = interpolate(pur, bd, lam, buffers=(bn == "interpolate")).to(device)
+    if bn == "recompute":
+        recompute_bn(model, clean, device)
+    return PathPoint(lam, clean_accuracy(model, test), attack_success_rate(model, triggered,
+                                                                           target))
+
+
+def backdoored_end(bd: nn.Module, clean: ImageSet, test: ImageSet, triggered: ImageSet,
+                   target: int | torch.Tensor, *, bn: str, device: torch.device) -> PathPoint:
+    """The path's lambda = 1 point, the submitted model itself: the same for every purified
+    model, so an audit computes it once per trigger and hands it to `trace_path`."""
+    return path_point(bd, bd, 1.0, clean, test, triggered, target, bn=bn, device=device)
+
+
 def trace_path(pur: nn.Module, bd: nn.Module, clean: ImageSet, test: ImageSet,
                triggered: ImageSet, target: int | torch.Tensor, *, points: int = 11,
                bn: str = "recompute", device: torch.device,
-               progress: Progress = no_progress) -> list[PathPoint]:
+               progress: Progress = no_progress, end: PathPoint | None = None
+               ) -> list[PathPoint]:
     """Metrics at `points` evenly spaced lambdas from the purified (0) to the backdoored (1)
-    (`target`: the backdoor label, one class or one per triggered image)."""
+    (`target`: the backdoor label, one class or one per triggered image); `end`, the
+    lambda = 1 point from `backdoored_end` for the same data and `bn`, is used as it is."""
     out = []
     for i in range(points):
         lam = i / (points - 1)
-        model = interpolate(pur, bd, lam, buffers=(bn == "interpolate")).to(device)
-        if bn == "recompute":
-            recompute_bn(model, clean, device)
-        out.append(PathPoint(lam, clean_accuracy(model, test),
-                             attack_success_rate(model, triggered, target)))
+        out.append(end if lam == 1.0 and end is not None else
+                   path_point(pur, bd, lam, clean, test, triggered, target, bn=bn,
+                              device=device))
         progress(f"lmc: lambda {lam:.2f}", (i + 1) / points)
     return out
 

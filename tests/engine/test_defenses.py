@@ -316,3 +316,29 @@ def test_tsbd_vectorised_ranking_and_zeroing_match_the_per_channel_loop(backdoor
         for (k, a), b in zip(zeroed.state_dict().items(), expected.state_dict().values(),
                              strict=True):
             assert torch.equal(a, b), k
+
+
+def test_fp_pruning_accuracy_from_cached_head_inputs_is_the_forward_pass(backdoored,
+                                                                          defender_set):
+    """FP measures each pruning step's validation accuracy from the head inputs computed
+    once; at every mask, light to nearly all channels, it equals the accuracy of the full
+    forward pass through the pruned model (the old per-step loop, the oracle here)."""
+    from ppr_engine.defenses.fp import head_accuracy, head_inputs, mean_activations
+    from ppr_engine.train import accuracy
+
+    model = copy.deepcopy(backdoored)
+    head = models.head_of(model)
+    ctx = DefenseContext(clean=defender_set, val=defender_set, device=torch.device("cpu"))
+    order = mean_activations(model, ctx).argsort()
+    cached = head_inputs(model, defender_set)
+    w0 = head.weight.detach().clone()
+    seen = set()
+    for share in (0.0, 0.1, 0.5, 0.8, 0.95):
+        mask = torch.ones(head.in_features)
+        mask[order[:int(share * head.in_features)]] = 0
+        with torch.no_grad():
+            head.weight.copy_(w0 * mask)
+        expected = accuracy(model, defender_set)
+        assert head_accuracy(head, cached, defender_set.y) == expected, share
+        seen.add(expected)
+    assert len(seen) > 1  # the masks change the accuracy: the comparison can fail

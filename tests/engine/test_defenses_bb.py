@@ -108,3 +108,23 @@ def test_methods_that_need_batchnorm_refuse_a_model_without_it(name, message, se
     model, ctx, _ = setting
     with pytest.raises(SpecError, match=message):
         purify(name, _without_batchnorm(model), ctx, {})
+
+
+def test_a_plan_with_batchnorm_methods_is_refused_for_an_architecture_without_it():
+    """Refused when the spec is validated (before a checkpoint is read), naming the method
+    and the architecture; the same plan on an architecture with BatchNorm is accepted."""
+    from ppr_engine.models import has_batchnorm
+    from ppr_engine.spec import validate_spec
+
+    def spec(arch: str, methods: list[str]) -> dict:
+        return {"model": {"arch": arch}, "data": {"clean": "synthetic:", "test": "synthetic:"},
+                "triggers": [{"attack": "badnets", "target": 4}],
+                "plan": {"methods": [{"name": m} for m in methods]}}
+
+    assert not has_batchnorm("vit_b_16") and has_batchnorm("resnet18")
+    with pytest.raises(SpecError,
+                       match=r"\(spec\): rnp needs BatchNorm layers, and vit_b_16 has none"):
+        validate_spec(spec("vit_b_16", ["ft", "rnp"]))
+    assert [m.name for m in validate_spec(spec("resnet18", ["ft", "rnp"])).plan.methods] == [
+        "ft", "rnp"]
+    assert validate_spec(spec("vit_b_16", ["ft", "nc"])).model.arch == "vit_b_16"

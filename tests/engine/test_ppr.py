@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ppr_engine import metrics
-from ppr_engine.ppr.lmc import interpolate, lambda50, trace_path
+from ppr_engine.ppr.lmc import backdoored_end, interpolate, lambda50, trace_path
 from ppr_engine.ppr.qra import PerturbationGenerator, qra_training_set, train_qra
 from ppr_engine.ppr.retune import build_retune_set, retune
 from ppr_engine.spec import QRASpec, RetuneSpec
@@ -92,6 +92,21 @@ def test_lmc_end_points_reproduce_the_two_models(backdoored, clean_model, defend
     assert rec[0].asr == pytest.approx(path[0].asr, abs=0.05)
     assert rec[-1].asr == pytest.approx(path[-1].asr, abs=0.05)
     assert lambda50(path) == next(p.lam for p in path if p.asr > 0.5)
+
+
+@pytest.mark.parametrize("bn", ["recompute", "interpolate"])
+def test_lmc_with_the_backdoored_end_computed_once_gives_the_same_path(
+        bn, backdoored, clean_model, defender_set, test_set, triggered, device):
+    """Every method's path ends at the submitted model: the audit computes that point once
+    per trigger; the path it gives is the path computed point by point."""
+    kw = {"points": 3, "bn": bn, "device": device}
+    full = trace_path(clean_model, backdoored, defender_set, test_set, triggered, 0, **kw)
+    end = backdoored_end(backdoored, defender_set, test_set, triggered, 0, bn=bn,
+                         device=device)
+    assert end == full[-1]
+    assert trace_path(clean_model, backdoored, defender_set, test_set, triggered, 0, end=end,
+                      **kw) == full
+    assert end.asr > 0.5 > full[0].asr  # the two ends differ: the check can fail
 
 
 def test_qra_with_the_retuned_answers_computed_once_learns_the_per_epoch_generator(

@@ -114,6 +114,11 @@ BAD = {
     "examples from a foreign dataset": (lambda s: json.dumps({**s, "triggers": [{
         "attack": "examples", "target": 3, "data": "dataset:77", "train_data":
         "dataset:78"}]}), "dataset:77: no such dataset"),
+    # refused before any work, not when the stage runs
+    "batchnorm methods on an architecture without it": (lambda s: json.dumps({
+        **s, "model": {"arch": "vit_b_16"}, "plan": {"methods": [{"name": "clp"},
+                                                                {"name": "npd"}]}}),
+        "clp, npd need BatchNorm layers, and vit_b_16 has none"),
     "ssba arrays on a server path": (lambda s: json.dumps({**s, "triggers": [{
         "attack": "ssba", "test_images": "/etc/x.npz"}]}), "npz:/etc/x.npz: server paths"),
 }

@@ -132,6 +132,28 @@ def test_a_silent_child_is_killed_at_the_hard_limit_and_its_lease_kept(tmp_path,
     assert lease is not None  # renewed past the 2 s lease while the child was silent
 
 
+def report_threads(job_id, worker, settings_json, conn, started) -> None:
+    """A child that enters as every job child does and says how many threads it computes
+    with."""
+    import torch
+
+    from worker.child import enter_child
+
+    enter_child(settings_json)
+    conn.send({"status": "succeeded", "result": str(torch.get_num_threads())})
+
+
+@pytest.mark.parametrize("threads", [1, 5])
+def test_a_job_child_computes_with_the_workers_share_of_the_cores(tmp_path, threads):
+    """PPR_TORCH_THREADS reaches the child that runs the job (with two workers on two
+    cores, one thread each instead of two: four threads on two cores made one audit 2.8x
+    slower on two workers than on one)."""
+    settings = Settings(data_dir=tmp_path / "state", torch_threads=threads)
+    done = supervise(report_threads, ("j", "w", settings.model_dump_json()),
+                     renew=lambda: False, should_stop=lambda: False, time_limit_s=60)
+    assert done.status == "succeeded" and done.result == str(threads)
+
+
 def _group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
