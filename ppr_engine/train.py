@@ -119,7 +119,6 @@ def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: f
     return model
 
 
-@torch.no_grad()
 def eval_batches(data: ImageSet | torch.Tensor, device: torch.device,
                  batch_size: int = 1024) -> Iterator[torch.Tensor]:
     """`data`'s images in order, as float batches on `device`: the batches `predict` and
@@ -130,6 +129,7 @@ def eval_batches(data: ImageSet | torch.Tensor, device: torch.device,
         yield to_float(x) if x.dtype == torch.uint8 else x
 
 
+@torch.no_grad()
 def predict(model: nn.Module, data: ImageSet | torch.Tensor, *, device: torch.device | None = None,
             batch_size: int = 1024) -> torch.Tensor:
     """Predicted labels (on the CPU) for every image in `data` (uint8 or ImageSet); one

@@ -342,3 +342,18 @@ def test_fp_pruning_accuracy_from_cached_head_inputs_is_the_forward_pass(backdoo
         assert head_accuracy(head, cached, defender_set.y) == expected, share
         seen.add(expected)
     assert len(seen) > 1  # the masks change the accuracy: the comparison can fail
+
+
+def test_evaluation_and_fp_head_inputs_build_no_autograd_graph(backdoored, defender_set):
+    """`predict` (every metric) and FP's cached head inputs run the model without autograd:
+    no graph is kept for images that are only evaluated."""
+    from ppr_engine.defenses.fp import head_inputs
+    from ppr_engine.train import predict
+
+    seen: list[bool] = []
+    model = copy.deepcopy(backdoored)
+    model.register_forward_hook(lambda m, a, out: seen.append(torch.is_grad_enabled()))
+    predict(model, defender_set)
+    cached = head_inputs(model, defender_set)
+    assert seen and not any(seen)
+    assert not any(f.requires_grad for f in cached)
