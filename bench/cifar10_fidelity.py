@@ -67,18 +67,33 @@ def with_options(ref: str, **options: object) -> str:
     return ref + ("&" if "?" in ref else "?") + query
 
 
+def progress_printer():
+    """A progress callback printing a line whenever the message changes (runs without a
+    terminal, e.g. in a GPU lease, still show where they are)."""
+    t0, last = time.perf_counter(), [""]
+
+    def show(message: str, fraction: float) -> None:
+        head = message.split(" (")[0]
+        if head != last[0]:
+            last[0] = head
+            print(f"{time.perf_counter() - t0:8.1f}s {fraction:6.1%} {message}", flush=True)
+    return show
+
+
 def train(a: argparse.Namespace, refs: dict[str, str]) -> Path:
     """Backdoor training with the paper's recipe; returns the checkpoint path."""
     train_ref, test_ref = refs["train"], refs["test"]
-    if a.smoke or a.scale == "cpu":
-        train_ref = with_options(train_ref, fraction=0.1 if a.smoke else 0.4, seed=0)
+    if a.smoke:
+        train_ref = with_options(train_ref, fraction=0.1, seed=0)
         test_ref = with_options(test_ref, fraction=0.2, seed=0)
-    recipe = BackdoorRecipe(arch=a.arch, attack=a.attack, attack_params={"target": TARGET},
-                            rate=a.rate, epochs=2 if a.smoke else a.epochs)
+    recipe = BackdoorRecipe(arch=a.arch, width=a.width, attack=a.attack,
+                            attack_params={"target": a.target}, rate=a.rate,
+                            epochs=2 if a.smoke else a.epochs)
     t0 = time.perf_counter()
-    bd = make_backdoor(recipe, train_ref, test_ref)
+    bd = make_backdoor(recipe, train_ref, test_ref, progress=progress_printer())
     out = Path(a.out)
-    ckpt = out / f"{a.attack}{'-' + a.scale if a.scale == 'cpu' else ''}.safetensors"
+    name = f"{a.attack}-{a.target}{'-w' + str(a.width) if a.width else ''}"
+    ckpt = out / f"{name}.safetensors"
     save_model(bd.model, ckpt)
     record = {"c_acc": bd.c_acc, "asr": bd.asr, "poisoned": bd.poisoned,
               "train_seconds": round(bd.seconds, 1),
@@ -87,21 +102,20 @@ def train(a: argparse.Namespace, refs: dict[str, str]) -> Path:
     if a.half:
         # an fp16 copy, small enough to carry between GPU leases; it is measured too, as
         # it is the model that the audit phase then sees
-        half = out / f"{a.attack}-fp16.safetensors"
+        half = Path(a.half_dir or out) / f"{name}-fp16.safetensors"
         save_model(bd.model.half(), half)
-        model = load_model(half, a.arch, 10)
+        model = load_model(half, a.arch, 10, width=a.width)
         test = data_mod.load(test_ref, size=models.architecture(a.arch).input_size)
-        trigger = build_trigger(a.attack, {"target": TARGET})
-        record["fp16_copy"] = {"c_acc": clean_accuracy(model, test),
+        trigger = build_trigger(a.attack, {"target": a.target})
+        record["fp16_copy"] = {"file": half.name, "c_acc": clean_accuracy(model, test),
                                "asr": attack_success_rate(model, triggered_test(test, trigger),
-                                                          TARGET)}
+                                                          a.target)}
     suffix = ("_smoke" if a.smoke else "") + ("-cpu" if a.scale == "cpu" else "")
-    write(f"cifar10_backdoor-{a.attack}{suffix}", {
-        "what": f"{a.arch} {a.attack} {a.rate:.0%} target {TARGET} on CIFAR-10 (JPEG), "
+    write(f"cifar10_backdoor-{a.attack}-{a.target}{suffix}", {
+        "what": f"{a.arch}{f' width {a.width}' if a.width else ''} {a.attack} {a.rate:.0%} "
+                f"target {a.target} on all of CIFAR-10's training split (JPEG), "
                 f"{recipe.epochs} epochs, SGD 0.1 / momentum 0.9 / wd 5e-4, cosine, batch 128, "
-                "crop+flip" + (" (SMOKE)" if a.smoke else "")
-                + (" (REDUCED SCALE: 40% of the training split, 20% of the test split)"
-                   if a.scale == "cpu" else ""),
+                "crop+flip; C-Acc and ASR on the full test split" + (" (SMOKE)" if a.smoke else ""),
         "recipe": recipe.__dict__, "backdoor": record})
     return ckpt
 
@@ -242,6 +256,10 @@ def main() -> None:
                     ".npz files in this folder")
     ap.add_argument("--attack", default="badnets", choices=["badnets", "blended"])
     ap.add_argument("--arch", default="resnet18_cifar")
+    ap.add_argument("--width", type=int, default=None, help="base width (resnet18_cifar; "
+                    "default 64, 16 at --scale cpu)")
+    ap.add_argument("--target", type=int, default=0, help="the attack's target class")
+    ap.add_argument("--half-dir", default=None, help="folder of the fp16 copy (default --out)")
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--methods", default=",".join(ALL))
@@ -257,8 +275,8 @@ def main() -> None:
                     "training images, 30 epochs; reduced budgets for the slow methods)")
     a = ap.parse_args()
     if a.scale == "cpu":
-        a.arch = "small_cnn" if a.arch == "resnet18_cifar" else a.arch
-        a.epochs = min(a.epochs, 30)
+        a.width = a.width or 16
+        a.epochs = min(a.epochs, 24)
         a.tag = a.tag or "cpu"
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True

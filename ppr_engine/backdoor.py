@@ -21,6 +21,7 @@ class BackdoorRecipe:
     """How to make a backdoored model; defaults follow the paper's CIFAR-10 recipe."""
 
     arch: str = "resnet18_cifar"
+    width: int | None = None  # base width of an architecture that takes one (None: its default)
     attack: str = "badnets"
     attack_params: dict[str, Any] | None = None
     rate: float = 0.1
@@ -58,12 +59,12 @@ def make_backdoor(recipe: BackdoorRecipe, train_ref: str, test_ref: str | None =
     trigger.bind_classes(train.num_classes)
     surrogate = None
     if getattr(trigger, "needs_surrogate", False) and recipe.surrogate_epochs > 0:
-        surrogate = models.create(recipe.arch, train.num_classes)
+        surrogate = models.create(recipe.arch, train.num_classes, width=recipe.width)
         fit(surrogate, train, epochs=recipe.surrogate_epochs, lr=recipe.lr,
             batch_size=recipe.batch_size, device=device, seed=recipe.seed + 1,
             progress=progress, stage="surrogate")
     poisoned = poison_training_set(train, trigger, recipe.rate, recipe.seed, surrogate)
-    model = models.create(recipe.arch, train.num_classes)
+    model = models.create(recipe.arch, train.num_classes, width=recipe.width)
     start = time.perf_counter()
     fit(model, poisoned.data, epochs=recipe.epochs, lr=recipe.lr, momentum=recipe.momentum,
         weight_decay=recipe.weight_decay, batch_size=recipe.batch_size, augment=recipe.augment,

@@ -146,11 +146,12 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str
         raise CheckpointError(f"{what} holds NaN or Inf values in: {_fmt(bad)}")
 
 
-def expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+def expected_shapes(arch: str, num_classes: int,
+                    width: int | None = None) -> dict[str, tuple[int, ...]]:
     """The state dict's keys and shapes of `arch`, from a model built on the meta device
     (no memory, milliseconds even for a 100,000-class ViT)."""
     with torch.device("meta"):
-        model = models.create(arch, num_classes)
+        model = models.create(arch, num_classes, width=width)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -182,13 +183,14 @@ def _safetensors_header(path: Path, shown: str) -> dict[str, tuple[int, ...]] | 
 
 
 def precheck(path: Path, arch: str, num_classes: int, *, max_bytes: int = DEFAULT_MAX_BYTES,
-             name: str | None = None) -> None:
+             name: str | None = None, width: int | None = None) -> None:
     """Refuse a checkpoint that cannot fit `arch` before building the model: the file's
     size against the parameters' smallest encoding (2 bytes each), and a safetensors
     header's keys and shapes against the architecture's."""
     path = Path(path)
     shown = Path(name).name if name else path.name
-    expected = expected_shapes(arch, num_classes)  # an unknown architecture is named first
+    # an unknown architecture is named first
+    expected = expected_shapes(arch, num_classes, width)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {shown} does not exist")
     size = path.stat().st_size
@@ -222,13 +224,14 @@ def precheck(path: Path, arch: str, num_classes: int, *, max_bytes: int = DEFAUL
 
 
 def load_model(path: Path, arch: str, num_classes: int, *,
-               max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> nn.Module:
+               max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None,
+               width: int | None = None) -> nn.Module:
     """Build `arch` and load the checkpoint at `path` into it, strictly and safely (`name`:
     the file name to show and to take the format from, see read_state_dict). The cheap
     checks (`precheck`) come first, so a checkpoint that cannot fit costs no model."""
-    precheck(path, arch, num_classes, max_bytes=max_bytes, name=name)
+    precheck(path, arch, num_classes, max_bytes=max_bytes, name=name, width=width)
     state = read_state_dict(Path(path), max_bytes, name)
-    model = models.create(arch, num_classes)
+    model = models.create(arch, num_classes, width=width)
     check_state_dict(model, state, Path(name).name if name else Path(path).name)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -256,6 +259,7 @@ def save_model(model: nn.Module, path: Path, **metadata: str) -> str:
     arch = getattr(model, "arch_name", "")
     meta = {"arch": arch, "engine_version": __version__,
             "num_classes": str(models.head_of(model).out_features) if arch else "",
+            "width": str(getattr(model, "arch_width", None) or ""),
             "mean": json.dumps(model.input_mean.flatten().tolist()) if hasattr(
                 model, "input_mean") else "",
             "std": json.dumps(model.input_std.flatten().tolist()) if hasattr(

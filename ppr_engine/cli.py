@@ -174,6 +174,8 @@ def methods(as_json: JsonOpt = False) -> None:
 def make_backdoor_cmd(
     out: Annotated[Path, typer.Option(help="output .safetensors file")],
     arch: Annotated[str, typer.Option(help="architecture")] = "resnet18_cifar",
+    width: Annotated[int | None, typer.Option(help="base width (resnet18_cifar, "
+                                              "preact_resnet18; default 64)")] = None,
     data: Annotated[str, typer.Option(help="training data reference")] = "synthetic:?n=6000",
     test: Annotated[str | None, typer.Option(help="test data reference for C-Acc/ASR")] = None,
     attack: Annotated[str, typer.Option(help="attack name")] = "badnets",
@@ -195,7 +197,7 @@ def make_backdoor_cmd(
 
     if out.suffix != ".safetensors":
         raise InputError(f"--out must end in .safetensors, got {out.name}")
-    recipe = BackdoorRecipe(arch=arch, attack=attack, attack_params={**parse_kv(param),
+    recipe = BackdoorRecipe(arch=arch, width=width, attack=attack, attack_params={**parse_kv(param),
                             "target": target}, rate=rate, epochs=epochs, lr=lr,
                             batch_size=batch_size, augment=augment, seed=seed)
     with progress_bar(not as_json) as sink:
@@ -224,6 +226,7 @@ def eval_cmd(
     arch: Annotated[str, typer.Option(help="architecture")],
     data: Annotated[str, typer.Option(help="test data reference")],
     num_classes: int = 10,
+    width: Annotated[int | None, typer.Option(help="base width (as make-backdoor)")] = None,
     attack: Annotated[str | None, typer.Option(help="attack for ASR")] = None,
     target: int = 0,
     param: ParamOpt = None,
@@ -239,7 +242,7 @@ def eval_cmd(
     from .train import pick_device
 
     dev = pick_device(device)
-    model = load_model(checkpoint, arch, num_classes).to(dev)
+    model = load_model(checkpoint, arch, num_classes, width=width).to(dev)
     test = data_mod.load(data, size=models.architecture(arch).input_size)
     info: dict[str, Any] = {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint),
                             "images": len(test), "c_acc": clean_accuracy(model, test)}

@@ -37,14 +37,19 @@ class ModelSpec(_Strict):
 
     arch: str = Field("preact_resnet18", description="registered architecture name")
     num_classes: int = Field(10, ge=2, le=100_000)
+    width: int | None = Field(None, ge=4, le=1024, description="base width of an architecture "
+                              "that takes one (resnet18_cifar, preact_resnet18: channels of "
+                              "the first stage, default 64); reduced-width models for small "
+                              "machines")
     mean: tuple[_Unit, _Unit, _Unit] | None = None
     std: tuple[_Std, _Std, _Std] | None = None
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
-        from .models import ARCHITECTURES
+        from .models import ARCHITECTURES, check_width
 
         ARCHITECTURES.get(self.arch)
+        check_width(self.arch, self.width)
         return self
 
 
@@ -238,6 +243,9 @@ class Plan(_Strict):
         return self
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
+
+
 class AuditSpec(_Strict):
     """An audit request: model, data, triggers, plan, seed and the release gate."""
 
@@ -252,7 +260,26 @@ class AuditSpec(_Strict):
     reference: str | None = Field(None, description="path of a benign reference checkpoint "
                                   "(a model trained clean) for RA's baseline and QRA; "
                                   "default: the EP model")
-    device: str | None = Field(None, description="torch device (default: CUDA if present)")
+    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto (the default: "
+                               "CUDA if the worker has it, else the CPU), cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str | None) -> str | None:
+        return None if device == "auto" else device
+
+    @model_validator(mode="after")
+    def _targets_are_classes(self) -> AuditSpec:
+        """A target or an all-to-all shift that is no class of the model is refused here,
+        not by the worker after the job was queued."""
+        for i, t in enumerate(self.triggers):
+            if t.attack == "inverted":
+                continue
+            try:
+                t.build().bind_classes(self.model.num_classes)
+            except SpecError as exc:
+                raise ValueError(f"triggers[{i}] ({t.attack}): {exc}") from None
+        return self
 
     @field_validator("gate")
     @classmethod
@@ -347,11 +374,21 @@ def spec_for(raw: dict[str, Any], method: str | None = None) -> AuditSpec:
     share this, so both accept the same specs."""
     if method is None:
         return validate_spec(raw)
-    given = [m for m in (raw.get("plan") or {}).get("methods", []) if isinstance(m, dict)
-             and m.get("name") == method]
-    plan = dict(raw.get("plan") or {})
-    plan["methods"] = [given[0] if given else {"name": method}]
-    spec = validate_spec({**raw, "plan": plan})
+    plan = raw.get("plan")
+    plan = {} if plan is None else plan
+    if not isinstance(plan, dict):
+        raise SpecError(f"invalid spec: plan: must be an object, got {type(plan).__name__}")
+    listed = plan.get("methods") or []
+    if not isinstance(listed, list):
+        raise SpecError("invalid spec: plan.methods: must be a list of methods, got "
+                        f"{type(listed).__name__}")
+    names = [m.get("name") if isinstance(m, dict) else m for m in listed]
+    if any(n != method for n in names) or len(listed) > 1:
+        shown = ", ".join(sorted({str(n)[:40] for n in names}))
+        raise SpecError(f"plan.methods lists {shown}, but a purification runs only "
+                        f"method={method}: list {method} alone (with its parameters) or no "
+                        "method, or submit an audit to compare methods")
+    spec = validate_spec({**raw, "plan": {**plan, "methods": listed or [{"name": method}]}})
     return spec.for_purify(MethodSpec.model_validate(spec.plan.methods[0].model_dump()))
 
 

@@ -145,10 +145,12 @@ def check_work(spec: AuditSpec, limits: SpecLimits,
     """422 when the estimated work of the spec exceeds `max_work` (skipped when a data
     reference's size is unknown here: the worker checks it with the loaded data)."""
     from ppr_engine.audit import attacker_images
+    from ppr_engine.audit.inputs import check_attacker_pool
     from ppr_engine.cost import Sizes, total_work
 
     clean, test = size_of(spec.data.clean), size_of(spec.data.test)
     pool = size_of(spec.data.attacker) if spec.data.attacker else attacker_images(spec)
+    check_attacker_pool(spec, clean, pool if spec.data.attacker else None)
     if clean is None or test is None or pool is None:
         return
     work = total_work(spec, Sizes(clean, test, pool, spec.model.num_classes))

@@ -60,6 +60,23 @@ def check_data_refs(spec: AuditSpec, principal: str, store: JobStore,
                         "HTTP; omit it (the EP model is the baseline)")
 
 
+def check_device(spec: AuditSpec, store: JobStore) -> None:
+    """Refuse a CUDA device that no live worker has (`cuda:N` with N at or past the most
+    GPUs one worker sees); with no live worker the job waits for one, as any job does."""
+    if not spec.device or not spec.device.startswith("cuda"):
+        return
+    fleet = store.fleet_devices()
+    if not fleet:
+        return
+    gpus = max((int(d.partition(":")[2] or 1) for d in fleet if d.startswith("cuda")),
+               default=0)
+    index = int(spec.device.partition(":")[2] or 0)
+    if index >= gpus:
+        have = "no worker has a GPU" if gpus == 0 else f"workers see at most {gpus} GPU(s)"
+        raise SpecError(f"device {spec.device} cannot run here: {have}; use auto, cpu"
+                        + (f" or cuda:0 to cuda:{gpus - 1}" if gpus else ""))
+
+
 def plan_rows(spec: AuditSpec) -> list[dict]:
     """The job's stages as rows: id, kind, needs, what it waits for, estimated cost."""
     from ppr_engine.audit.plan import plan_for
@@ -92,8 +109,11 @@ def decode_json(raw: str) -> object:
                         f"{exc.colno}") from None
     except RecursionError:
         raise SpecError("spec is nested too deeply to be a spec") from None
-    except ValueError as exc:  # e.g. an integer of thousands of digits
-        raise SpecError(f"spec holds a value that cannot be read: {str(exc)[:120]}") from None
+    except ValueError as exc:  # an integer of thousands of digits; the interpreter's own
+        # message gives advice meant for the server's developer, so it is not passed on
+        what = ("a number with more than 4300 digits" if "digits" in str(exc)
+                else "a value that cannot be read")
+        raise SpecError(f"spec holds {what}") from None
 
 
 def parse_spec(raw: str | None, method: str | None) -> AuditSpec:
@@ -186,6 +206,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             raise ApiError(422, f"spec is {len(raw_spec.encode())} bytes, the limit is "
                            f"{limits.max_spec_bytes}", "budget_exceeded")
         spec = parse_spec(raw_spec, method)
+        check_device(spec, store)
         check_budgets(spec, limits, lambda ref: data_size(ref, principal, store))
         active = store.active(principal)
         if active >= settings.max_active_jobs:
@@ -195,7 +216,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
         stages = plan_rows(spec)  # an impossible plan is refused here, naming the stage
         await run_in_threadpool(load_model, upload.path, spec.model.arch,
                                 spec.model.num_classes, max_bytes=settings.max_upload_bytes,
-                                name=form.filename or FILE_FIELD)
+                                name=form.filename or FILE_FIELD, width=spec.model.width)
         suffix = Path(form.filename).suffix.lower()
         ckpt_key = f"{prefix}/checkpoint{suffix if suffix in SUFFIXES else '.bin'}"
         upload.commit(ckpt_key)

@@ -41,6 +41,17 @@ def health(max_age: float) -> int:
     return 0
 
 
+def advertised_device(configured: str | None) -> str:
+    """What this worker can run, as its heartbeat tells the gateway: `cpu`, or `cuda:K`
+    with K the GPUs it sees (after --gpu), so that a spec asking for a device no worker has
+    is refused at submission. Called after the fork server started: a CUDA query here
+    cannot leak into job processes."""
+    import torch
+
+    count = 0 if configured == "cpu" else torch.cuda.device_count()
+    return f"cuda:{count}" if count else "cpu"
+
+
 def heartbeat(settings, worker: str, device: str, stop: threading.Event,
               every: float = HEARTBEAT_S) -> None:
     """Record this worker in the job store every `every` seconds until `stop`."""
@@ -91,7 +102,7 @@ def main(
     from .supervise import warm_up
 
     warm_up()
-    device = settings.device or ("cuda" if gpu is not None else "auto")
+    device = advertised_device(settings.device)
     stop = threading.Event()
     threading.Thread(target=heartbeat, args=(settings, worker_id(), device, stop),
                      daemon=True).start()

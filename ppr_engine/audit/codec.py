@@ -60,8 +60,8 @@ def read(record: dict[str, Any], path: Path, spec: AuditSpec, device: torch.devi
                               "stage that wrote it finished")
     kind = record["kind"]
     if kind == "classifier":
-        module = models.create(spec.model.arch, spec.model.num_classes, mean=spec.model.mean,
-                               std=spec.model.std)
+        module = models.create(spec.model.arch, spec.model.num_classes, width=spec.model.width,
+                               mean=spec.model.mean, std=spec.model.std)
     elif kind == "unet":
         ones = torch.ones(3)
         module = UNet(ones, ones, record["width"], record["blocks"], record["output"])

@@ -41,6 +41,23 @@ def attacker_images(spec: AuditSpec) -> int:
     return need
 
 
+def check_attacker_pool(spec: AuditSpec, clean: int | None, attacker: int | None) -> None:
+    """SpecError when the attacker's images cannot cover RA's and QRA's draws: a given
+    `data.attacker` smaller than the largest draw, or (without one) a clean reference too
+    small to set the draw aside and keep the larger part for the defender. Counts that are
+    not known (None) are checked once the data are loaded."""
+    need = attacker_images(spec)
+    if spec.data.attacker:
+        if attacker is not None and attacker < need:
+            raise SpecError(f"data.attacker has {attacker} images, and RA and QRA draw up to "
+                            f"{need} (plan.retune and its sweep, plan.qra clean_num + "
+                            "poison_num); give more images or lower those budgets")
+    elif clean is not None and need > clean // 2:
+        raise SpecError(f"data.clean has {clean} images: too few to set {need} aside for the "
+                        f"attacker (RA and QRA) and keep the larger part for the defender; "
+                        f"give data.attacker or lower the RA/QRA budgets")
+
+
 def refuse_overlap(test: ImageSet, others: dict[str, ImageSet]) -> None:
     """SpecError when the test set shares images (pixel for pixel) with the defender's or
     the attacker's data: every number measured on it would then be measured on seen data."""
@@ -120,7 +137,8 @@ def load_inputs(spec: AuditSpec, checkpoint: Path, *, resolve_dataset=None,
     """Load the checkpoint (safely), the data and the triggers' own data."""
     device = pick_device(spec.device)
     load_kw = {"max_bytes": max_checkpoint_bytes} if max_checkpoint_bytes else {}
-    bd = load_model(checkpoint, spec.model.arch, spec.model.num_classes, **load_kw).to(device)
+    bd = load_model(checkpoint, spec.model.arch, spec.model.num_classes,
+                    width=spec.model.width, **load_kw).to(device)
     arch = models.architecture(spec.model.arch)
     kw = {"resolve_dataset": resolve_dataset, "roots": roots, "size": arch.input_size}
 
@@ -144,16 +162,14 @@ def load_inputs(spec: AuditSpec, checkpoint: Path, *, resolve_dataset=None,
     clean, test = replace(clean, split="train"), replace(test, split="test")
     if spec.data.attacker:
         pool = replace(load(spec.data.attacker, "data.attacker"), split="train")
+        check_attacker_pool(spec, len(clean), len(pool))
         attacker_prov = {"ref": spec.data.attacker}
         refuse_overlap(test, {"data.clean": clean, "data.attacker": pool})
     else:
         refuse_overlap(test, {"data.clean": clean})
         # split the clean reference so that the attacker and the defender share no image
+        check_attacker_pool(spec, len(clean), None)
         need = attacker_images(spec)
-        if need > len(clean) // 2:
-            raise SpecError(f"data.clean has {len(clean)} images: too few to set {need} aside "
-                            f"for the attacker (RA and QRA) and keep the larger part for the "
-                            f"defender; give data.attacker or lower the RA/QRA budgets")
         pool, clean = data.take(clean, n=need, seed=spec.plan.retune.seed)
         attacker_prov = {"ref": f"{need} images split from data.clean (RA's seed)"}
     clean_train, val = data.train_val(clean, spec.data.val_fraction, spec.seed)

@@ -151,8 +151,8 @@ def run_baseline(stage: Stage, inputs: AuditInputs, results: Results, progress: 
     keep = active(inputs, results)
     values: dict[str, Any] = {}
     if spec.reference:
-        model = load_model(Path(spec.reference), spec.model.arch,
-                           spec.model.num_classes).to(inputs.device)
+        model = load_model(Path(spec.reference), spec.model.arch, spec.model.num_classes,
+                           width=spec.model.width).to(inputs.device)
         values.update(kind="reference",
                       description=f"caller's clean reference {Path(spec.reference).name}")
     elif (ep := next((m.key for m in spec.plan.methods if m.name == "ep"), None)) is not None:

@@ -108,6 +108,29 @@ class ScaledBudget(BaseModel):
         return float(self.epochs * (self.scale_to or n))
 
 
+def weight_distance(model: nn.Module, reference: nn.Module) -> float:
+    """||theta - theta_ref||_2 over `model`'s trainable parameters (by name)."""
+    ref = dict(reference.named_parameters())
+    names = [n for n, q in model.named_parameters() if q.requires_grad]
+    d = torch._foreach_sub([ref[n].detach() for n in names],
+                           [model.get_parameter(n).detach() for n in names])
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(d))))
+
+
+def round_record(model: nn.Module, reference: nn.Module, ctx: DefenseContext,
+                 rho: float | None = None) -> dict[str, float | None]:
+    """What a round of a rounds-based method (PAM, BTI-DBF) left: its distance to the
+    backdoored weights, rho relative to it (how far PAM's shifted point reaches back toward
+    theta_bd), and C-Acc on the defender's held-out split (never the test set), so a round
+    that costs accuracy is seen where it happens."""
+    distance = weight_distance(model, reference)
+    out: dict[str, float | None] = {"distance_to_bd": distance,
+                                    "val_c_acc": accuracy(model, ctx.val) if len(ctx.val) else None}
+    if rho is not None:
+        out["rho_over_distance"] = rho / distance if distance > 0 else None
+    return out
+
+
 def scaled_epochs(p: ScaledBudget, n: int) -> int:
     """`p.epochs` scaled to a set of `n` images (at least 1 epoch; unscaled above scale_to
     only by the same rule, so a larger set gets fewer epochs and the same steps)."""

@@ -13,6 +13,8 @@ the reference's number of optimizer steps (see `scaled_epochs`).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -22,7 +24,15 @@ from ..bounds import budget
 from ..inversion import InversionParams, Inverter
 from ..inversion.features import stage_features
 from ..train import fit
-from .base import DEFENSES, DefenseContext, Purified, ScaledBudget, replace_share, scaled_epochs
+from .base import (
+    DEFENSES,
+    DefenseContext,
+    Purified,
+    ScaledBudget,
+    replace_share,
+    round_record,
+    scaled_epochs,
+)
 
 
 class BTIParams(ScaledBudget):
@@ -83,8 +93,10 @@ class MixedBatches:
                        "Decoupling Benign Features, ICLR 2024"))
 def bti_dbf(model, ctx: DefenseContext, p: BTIParams) -> Purified:
     """Rounds of (invert against the current model, unlearn with G(x) under true labels)."""
+    reference = copy.deepcopy(model).eval()
     inverter = Inverter(model, ctx, p.inversion)
     epochs = scaled_epochs(p, len(ctx.clean))
+    rounds: list[dict] = []
     for r in range(p.rounds):
         inverter.run_round(model, ctx.progress)
         batches = MixedBatches(inverter, p.ratio, p.feature_weight)
@@ -92,4 +104,5 @@ def bti_dbf(model, ctx: DefenseContext, p: BTIParams) -> Purified:
             schedule="constant", batch_size=p.batch_size, augment=p.augment, device=ctx.device,
             seed=ctx.seed + r, progress=ctx.progress, stage=f"bti_dbf unlearning {r + 1}",
             transform=batches.transform, loss_fn=batches.loss)
-    return Purified(model, {**inverter.record(), "epochs_per_round": epochs})
+        rounds.append(round_record(model, reference, ctx))
+    return Purified(model, {**inverter.record(), "epochs_per_round": epochs, "rounds": rounds})

@@ -38,6 +38,7 @@ from .base import (
     Purified,
     ScaledBudget,
     replace_share,
+    round_record,
     scaled_epochs,
     triggers_fn,
 )
@@ -103,11 +104,6 @@ class PAMStep:
             torch._foreach_sub_(self.params, shift)
         opt.step()
 
-    def distance(self) -> float:
-        """||theta - theta_bd||_2 over the trainable parameters."""
-        d = torch._foreach_sub(self.reference, [q.detach() for q in self.params])
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(d))))
-
 
 @DEFENSES.register("pam", params=PAMParams, summary="PAM: path-aware minimization, rounds of "
                    "BTI-DBF inversion and path-aware unlearning",
@@ -127,6 +123,7 @@ def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
         inverter = Inverter(reference, ctx, p.inversion)
     step = PAMStep(model, reference, p.rho, ctx.device)
     epochs = scaled_epochs(p, len(ctx.clean))
+    rounds: list[dict] = []
     for r in range(p.rounds):
         if inverter is not None:
             inverter.run_round(model, ctx.progress)
@@ -138,8 +135,10 @@ def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
             augment=p.augment, optimizer=p.optimizer, device=ctx.device, seed=ctx.seed + r,
             progress=ctx.progress, transform=transform, step_fn=step,
             stage=f"pam round {r + 1}/{p.rounds}")
+        rounds.append(round_record(model, reference, ctx, p.rho))
     if inverter is not None:
         record.update(inverter.record())
     record["epochs_per_round"] = epochs
-    record["distance_to_bd"] = step.distance()
+    record["distance_to_bd"] = rounds[-1]["distance_to_bd"] if rounds else 0.0
+    record["rounds"] = rounds
     return Purified(model, record)

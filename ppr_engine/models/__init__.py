@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import SpecError
 from ..registry import Registry
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -28,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Architecture:
     """How to build a model and where its parts are (head, feature stages)."""
 
-    build: Callable[[int], nn.Module]
+    build: Callable[..., nn.Module]  # build(num_classes) or, with a base width, (n, width)
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -38,6 +39,10 @@ class Architecture:
     # where they are the authors' (CIFAR ResNet-18, layer4, CIFAR normalization), else
     # "relative" to their mean square (see ppr_engine.inversion.inverter)
     feature_bound: str = "relative"
+    # the base width (channels of the first stage) when the architecture takes one, so a
+    # reduced-width copy with the same blocks and feature stages fits a small machine;
+    # None: the width is fixed
+    default_width: int | None = None
 
 
 ARCHITECTURES: Registry[Architecture] = Registry("architecture")
@@ -67,19 +72,30 @@ def _normalize_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[
     return ((x - module.input_mean) / module.input_std,)
 
 
+def check_width(name: str, width: int | None) -> None:
+    """Refuse a base width for an architecture whose width is fixed (SpecError)."""
+    if width is not None and architecture(name).default_width is None:
+        widths = [n for n in list_models() if architecture(n).default_width is not None]
+        raise SpecError(f"architecture {name} has a fixed width; model.width applies to "
+                        f"{', '.join(widths)}")
+
+
 def create(
-    name: str, num_classes: int = 10, *, mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
+    name: str, num_classes: int = 10, *, width: int | None = None,
+    mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
 ) -> nn.Module:
-    """Build architecture `name` taking [0, 1] images, normalizing inside."""
+    """Build architecture `name` (at base `width` when given) taking [0, 1] images,
+    normalizing inside."""
     arch = architecture(name)
-    model = arch.build(num_classes)
+    check_width(name, width)
+    model = arch.build(num_classes) if width is None else arch.build(num_classes, width)
     m = torch.tensor(mean or arch.mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std or arch.std, dtype=torch.float32).view(1, -1, 1, 1)
     model.register_buffer("input_mean", m, persistent=False)
     model.register_buffer("input_std", s, persistent=False)
     model.register_forward_pre_hook(_normalize_hook)
     model.arch_name = name  # type: ignore[assignment]
+    model.arch_width = width  # type: ignore[assignment]
     return model
 
 

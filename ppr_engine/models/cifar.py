@@ -58,22 +58,23 @@ class ResNet18(nn.Module):
     `models/preact_resnet.py`: no BN or ReLU after the last block, 16 BN layers and 3,392
     BN channels in all, so BackdoorBench's state dicts load key for key)."""
 
-    def __init__(self, num_classes: int = 10, preact: bool = False) -> None:
+    def __init__(self, num_classes: int = 10, preact: bool = False, width: int = 64) -> None:
         super().__init__()
         block = PreActBlock if preact else BasicBlock
         self.preact = preact
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         if not preact:
-            self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
-        for i, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
+            self.bn1 = nn.BatchNorm2d(width)
+        cin = width
+        stages = [(width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)]
+        for i, (cout, stride) in enumerate(stages, start=1):
             layers = []
             for s in (stride, 1):
                 layers.append(block(cin, cout, s))
                 cin = cout
             setattr(self, f"layer{i}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(8 * width, num_classes)
 
     def forward(self, x):
         out = self.conv1(x)
@@ -108,16 +109,19 @@ class VGG16BN(nn.Module):
 
 @register("resnet18_cifar")
 def _resnet18() -> Architecture:
-    """CIFAR ResNet-18 (3x3 stem, no max-pool), the paper's backbone."""
-    return Architecture(lambda n: ResNet18(n), 32, CIFAR_MEAN, CIFAR_STD, "linear",
-                        ("layer2", "layer3", "layer4"), feature_bound="absolute")
+    """CIFAR ResNet-18 (3x3 stem, no max-pool), the paper's backbone; `width` (default 64)
+    scales every stage, layer4 keeping 8 x width channels at 4x4."""
+    return Architecture(lambda n, w=64: ResNet18(n, width=w), 32, CIFAR_MEAN, CIFAR_STD,
+                        "linear", ("layer2", "layer3", "layer4"), feature_bound="absolute",
+                        default_width=64)
 
 
 @register("preact_resnet18")
 def _preact() -> Architecture:
-    """PreAct-ResNet-18, BackdoorBench's default CIFAR model."""
-    return Architecture(lambda n: ResNet18(n, preact=True), 32, CIFAR_MEAN, CIFAR_STD,
-                        "linear", ("layer2", "layer3", "layer4"), feature_bound="absolute")
+    """PreAct-ResNet-18, BackdoorBench's default CIFAR model (`width` as resnet18_cifar)."""
+    return Architecture(lambda n, w=64: ResNet18(n, preact=True, width=w), 32, CIFAR_MEAN,
+                        CIFAR_STD, "linear", ("layer2", "layer3", "layer4"),
+                        feature_bound="absolute", default_width=64)
 
 
 @register("vgg16_bn")

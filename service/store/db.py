@@ -600,6 +600,13 @@ class JobStore:
                 Worker.id.startswith(worker_prefix, autoescape=True)))
         return None if seen is None else max(0.0, (now() - seen).total_seconds())
 
+    def fleet_devices(self, within_s: float = 30.0) -> list[str]:
+        """The devices that the workers seen in the last `within_s` seconds advertise
+        (`cpu` or `cuda:K`, see worker.cli.advertised_device)."""
+        t = now() - dt.timedelta(seconds=within_s)
+        with self.session() as s:
+            return list(s.scalars(select(Worker.device).where(Worker.last_seen >= t)).all())
+
     def live_workers(self, within_s: float = 30.0) -> int:
         """Workers seen in the last `within_s` seconds."""
         t = now() - dt.timedelta(seconds=within_s)

@@ -96,3 +96,18 @@ def test_garbage_files_get_a_clear_error(tmp_path):
         with pytest.raises(CheckpointError) as err:
             checkpoint.load_model(tmp_path / name, "small_cnn", 10)
         assert name in str(err.value)
+
+
+def test_width_16_checkpoint_round_trips_in_fp16(tmp_path):
+    """A reduced-width ResNet-18 saved in half precision (the size of a committed bench
+    fixture) loads back at its width, and not at another one."""
+    model = models.create("resnet18_cifar", 10, width=16).eval()
+    path = tmp_path / "w16.safetensors"
+    checkpoint.save_model(model.half(), path)
+    assert path.stat().st_size < 1.6e6
+    assert checkpoint.read_metadata(path)["width"] == "16"
+    loaded = checkpoint.load_model(path, "resnet18_cifar", 10, width=16)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.float(), loaded.state_dict()[k].float())
+    with pytest.raises(CheckpointError, match="mismatched shapes"):
+        checkpoint.load_model(path, "resnet18_cifar", 10)

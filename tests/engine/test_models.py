@@ -42,3 +42,30 @@ def test_preact_resnet18_has_backdoorbench_layout():
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == 16 and sum(b.num_features for b in bns) == 3392
     assert not any(k.startswith("bn.") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "preact_resnet18"])
+@pytest.mark.parametrize("width", [8, 16])
+def test_reduced_width_keeps_the_blocks_and_the_layer4_features(name, width):
+    """A base width scales every stage: the same blocks and keys as the full model, and the
+    last stage (the one the inversion bounds) gives 8 x width channels at 4 x 4."""
+    from ppr_engine.inversion.features import stage_features
+
+    full, narrow = models.create(name), models.create(name, width=width)
+    assert list(full.state_dict()) == list(narrow.state_dict())
+    assert narrow.layer4[-1].conv2.out_channels == 8 * width
+    logits, feats = stage_features(narrow.eval(), torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and feats.shape == (2, 8 * width, 4, 4)
+    assert models.head_of(narrow).in_features == 8 * width
+
+
+def test_width_is_refused_for_a_fixed_width_architecture():
+    from ppr_engine.errors import SpecError
+    from ppr_engine.spec import validate_spec
+
+    with pytest.raises(SpecError, match="small_cnn has a fixed width"):
+        models.create("small_cnn", width=16)
+    with pytest.raises(SpecError, match="fixed width"):
+        validate_spec({"model": {"arch": "vgg16_bn", "width": 16},
+                       "data": {"clean": "synthetic:?n=100", "test": "synthetic:?n=100"},
+                       "triggers": [{"attack": "badnets", "target": 3}]})

@@ -171,3 +171,18 @@ def test_the_sweep_is_tabled_per_budget_beside_the_baseline():
     assert "| method | 5 (5 ep) | 20 (5 ep) |" in md
     assert "| fst | 0.310 | 0.860 |" in md and "| baseline | 0.050 | 0.100 |" in md
     assert "🟠 superficial" in md and "🟢 robust" in md and "<summary>Glossary</summary>" in md
+
+
+def test_user_labels_cannot_inject_html_into_markdown():
+    """A method label, a checkpoint name and a stage error are the caller's text: CI pages
+    render the Markdown report's raw HTML, so none of it may reach them as markup."""
+    from ppr_engine.report import StageStatus
+
+    evil = "<script>alert(1)</script>"
+    r = _judged({evil: ("superficial", 0.02, [(5, 0.31, 0.05), (20, 0.86, 0.10)])})
+    r.provenance = Provenance(spec=r.provenance.spec, checkpoint_name=f"m`{evil}.safetensors")
+    r.stages = [StageStatus(name=f"lmc:{evil}", status="failed", error=f"bad {evil}")]
+    md = render(r, "md")[0]
+    assert "<script>" not in md.replace(f"`m'{evil}.safetensors`", "")
+    assert "&lt;script&gt;" in md  # the label is shown, escaped, in the table and headline
+    assert f"`m'{evil}.safetensors`" in md  # in a code span HTML is inert; the backtick is not

@@ -73,6 +73,18 @@ CORPUS = [
      "server paths are disabled"),
     ("unknown budget key hidden in a trigger", lambda s: _trigger(
         s, {"attack": "badnets", "target": 1, "epochs": 9}), "epochs"),
+    # round 3: what only the worker used to refuse, after a 202
+    ("device meta", lambda s: s.update(device="meta"), "device"),
+    ("device of 1000 characters", lambda s: s.update(device="x" * 1000), "device"),
+    ("target past the classes", lambda s: _trigger(s, {"attack": "badnets", "target": 50}),
+     "target 50 is not a class of a 10-class model"),
+    ("all-to-all shift of the class count", lambda s: _trigger(
+        s, {"attack": "badnets", "label_map": "all_to_all", "shift": 10}),
+     "shift 10 maps every class of 10 to itself"),
+    ("attacker pool smaller than QRA's draw", lambda s: (
+        s["data"].update(attacker="synthetic:?n=100&seed=3"),
+        s["plan"]["qra"].update(clean_num=500, poison_num=500)),
+     "data.attacker has 100 images, and RA and QRA draw up to 1000"),
 ]
 
 
@@ -99,7 +111,7 @@ def test_a_hostile_spec_is_refused_with_the_field_named(gateway, small_checkpoin
 
 @pytest.mark.parametrize("body,says", [
     ("[" * 30_000 + "]" * 30_000, "nested too deeply"),
-    ('{"seed": ' + "9" * 5000 + "}", "cannot be read"),
+    ('{"seed": ' + "9" * 5000 + "}", "more than 4300 digits"),
     ("[1, 2]", "must be a JSON object"),
     ('{"data": ' + "[" * 50 + "]" * 50 + "}", "data"),
 ])
@@ -196,3 +208,42 @@ def test_an_unbounded_dataset_name_is_refused_before_anything_is_kept(gateway):
                     data={"name": "x" * 5000})
     assert r.status_code == 422 and "name" in r.json()["error"]["message"], r.text
     assert files_under(root / "state" / "artifacts") == before
+
+
+@pytest.mark.parametrize("plan,says", [
+    ("x", "plan: must be an object"),
+    ({"methods": 5}, "plan.methods: must be a list"),
+    ({"methods": [{"name": "ft"}, {"name": "pam"}]}, "plan.methods lists ft, pam"),
+    ({"methods": ["ep"]}, "a purification runs only method=pam"),
+])
+def test_a_purify_spec_is_validated_like_an_audit_spec(gateway, small_checkpoint, plan, says):
+    """/v1/purify refuses a malformed plan with a 422 (it answered 500), and a plan that
+    lists other methods than the one asked for (it ran the method with defaults and dropped
+    the listed parameters)."""
+    client, root = gateway
+    spec = quick_spec()
+    spec["plan"] = plan
+    r = submit(client, small_checkpoint, spec, url="/v1/purify?method=pam")
+    assert r.status_code == 422, r.text
+    assert says in r.json()["error"]["message"]
+    assert files_under(root / "state" / "artifacts") == []
+
+
+def test_a_device_no_worker_has_is_refused_at_the_door(tmp_path, small_checkpoint):
+    """Workers advertise their devices in their heartbeat; a CUDA device none of them has is
+    a 422 (it was accepted, failed as a system error and was retried three times)."""
+    with TestClient(create_app(Settings(data_dir=tmp_path / "state"))) as c:
+        store = c.app.state.store
+        spec = quick_spec()
+        spec["device"] = "cuda:7"
+        assert submit(c, small_checkpoint, spec).status_code == 202  # no worker yet: it waits
+        store.worker_seen("cpu-host:1", "cpu")
+        r = submit(c, small_checkpoint, spec)
+        assert r.status_code == 422 and "no worker has a GPU" in r.json()["error"]["message"]
+        store.worker_seen("gpu-host:1", "cuda:2")
+        r = submit(c, small_checkpoint, spec)
+        assert r.status_code == 422, r.text
+        assert "workers see at most 2 GPU(s); use auto, cpu or cuda:0 to cuda:1" in r.json()[
+            "error"]["message"]
+        spec["device"] = "cuda:1"
+        assert submit(c, small_checkpoint, spec).status_code == 202
