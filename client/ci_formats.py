@@ -32,9 +32,13 @@ RULES = {
                          "The defense cost more clean accuracy than the audit allows "
                          "(plan.retune.max_acc_drop), so its low ASR is no evidence of "
                          "purification."),
+    "no-backdoor": ("PPR005", "The trigger activates no backdoor",
+                    "The submitted model's ASR for the trigger is below plan.min_asr: there "
+                    "was nothing to purify, so no defense is judged and method gates fail "
+                    "closed."),
 }
 VERDICT_RULE = {"superficial": "backdoor-superficial", "not_removed": "backdoor-not-removed",
-                "degraded": "defense-degraded"}
+                "degraded": "defense-degraded", "no_backdoor": "no-backdoor"}
 
 
 @dataclass

@@ -49,14 +49,21 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _read_spec(spec: Path, require: list[str]) -> dict[str, Any]:
+def _read_spec(spec: Path, require: list[str], allow_no_backdoor: bool = False
+               ) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(spec.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise Stop(BAD_INPUT, f"cannot read spec {spec}: {exc}") from None
     if not isinstance(raw, dict):
         raise Stop(BAD_INPUT, f"spec {spec} must be a mapping")
-    raw["gate"] = list(raw.get("gate") or []) + list(require)
+    gate = raw.get("gate") or []
+    if isinstance(gate, dict):  # {require: [...], allow_no_backdoor: ...}
+        raw["gate"] = {**gate, "require": list(gate.get("require") or []) + list(require)}
+    else:
+        raw["gate"] = list(gate) + list(require)
+    if allow_no_backdoor:
+        raw["gate_options"] = {**(raw.get("gate_options") or {}), "allow_no_backdoor": True}
     return raw
 
 
@@ -104,6 +111,9 @@ def main(
     method: Annotated[str | None, typer.Option(help="purify with this method "
                                                "(POST /purify) instead of a full audit")]
     = None,
+    allow_no_backdoor: Annotated[bool, typer.Option(
+        "--allow-no-backdoor", help="evaluate method clauses even when a trigger activates no "
+        "backdoor in the model (default: they fail closed)")] = False,
     token: Annotated[str | None, typer.Option(envvar="PPR_TOKEN", help="bearer token")] = None,
     token_file: Annotated[Path | None, typer.Option(envvar="PPR_TOKEN_FILE",
                                                     help="read the bearer token from a file")]
@@ -137,7 +147,7 @@ def main(
                        "--local")
         if not checkpoint.is_file():
             raise Stop(BAD_INPUT, f"checkpoint {checkpoint} does not exist")
-        raw = _read_spec(spec, require or [])
+        raw = _read_spec(spec, require or [], allow_no_backdoor)
         outcome.checkpoint_sha256 = sha256_file(checkpoint)
         show = sys.stderr.isatty() and not quiet
         if local:

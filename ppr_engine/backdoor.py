@@ -45,6 +45,22 @@ class BackdoorResult:
     seconds: float
     images_per_second: float
     poisoned: int
+    num_classes: int = 10
+
+    def warnings(self, min_asr: float = 0.5, margin: float = 0.1) -> list[str]:
+        """What makes this model a poor subject for an audit: a backdoor that barely took
+        (ASR below `min_asr`, the audit's default plan.min_asr, would get no verdict) or a
+        model that learned little (C-Acc within `margin` of chance)."""
+        out = []
+        if self.asr is not None and self.asr < min_asr:
+            out.append(f"the backdoor barely took: ASR {self.asr:.2f} is below {min_asr:.2f}; "
+                       "an audit would find no backdoor to judge (train longer, poison more, "
+                       "or use more images)")
+        chance = 1.0 / self.num_classes
+        if self.c_acc is not None and self.c_acc < chance + margin:
+            out.append(f"the model learned little: C-Acc {self.c_acc:.2f} is within "
+                       f"{margin:.2f} of chance ({chance:.2f}); train longer or on more images")
+        return out
 
 
 def make_backdoor(recipe: BackdoorRecipe, train_ref: str, test_ref: str | None = None, *,
@@ -79,4 +95,4 @@ def make_backdoor(recipe: BackdoorRecipe, train_ref: str, test_ref: str | None =
         moved = triggered_test(test, trigger)
         asr = attack_success_rate(model, moved, trigger.targets(moved.y))
     return BackdoorResult(model, c_acc, asr, seconds, recipe.epochs * len(train) / seconds,
-                          int(poisoned.poisoned.sum()))
+                          int(poisoned.poisoned.sum()), train.num_classes)

@@ -207,7 +207,10 @@ def make_backdoor_cmd(
     info = {"checkpoint": str(out), "sha256": sha, "arch": arch, "attack": attack,
             "target": target, "rate": rate, "poisoned": res.poisoned, "c_acc": res.c_acc,
             "asr": res.asr, "seconds": round(res.seconds, 2),
-            "images_per_second": round(res.images_per_second, 1)}
+            "images_per_second": round(res.images_per_second, 1), "warnings": res.warnings()}
+    if not as_json:
+        for text in info.pop("warnings"):
+            typer.echo(f"warning: {text}", err=True)
     _emit(info, as_json)
 
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import GateError
-from .report import AuditReport, GateClause, GateVerdict, MethodResult
+from .report import AuditReport, GateClause, GateVerdict, MethodResult, no_backdoor_sentence
 
 METHOD_FIELDS = ("o_cacc", "acc_drop", "o_asr", "der", "p_cacc", "p_asr", "baseline_p_asr",
                  "gap", "max_gap", "qra_asr", "qra_clean_to_target", "lmc_lambda50", "robust")
@@ -130,11 +130,22 @@ def _no_methods(report: AuditReport) -> str:
                                          if nothing_found else "")
 
 
-def evaluate(gate: list[str], report: AuditReport) -> GateVerdict:
-    """The verdict of every clause; passed is None when the gate is empty."""
+def evaluate(gate: list[str], report: AuditReport, *,
+             allow_no_backdoor: bool = False) -> GateVerdict:
+    """The verdict of every clause; passed is None when the gate is empty. A clause on a
+    method fails closed when a trigger activates no backdoor in the submitted model (there
+    was nothing to purify, so "robust" would pass vacuously), unless `allow_no_backdoor`."""
     if not gate:
         return GateVerdict(passed=None, clauses=[])
     clauses = [evaluate_clause(parse_clause(c), report) for c in gate]
+    inactive = report.model.inactive
+    if inactive and not allow_no_backdoor:
+        reason = "; ".join(no_backdoor_sentence(t, report.model.asr.get(t)) for t in inactive)
+        for text, c in zip(gate, clauses, strict=True):
+            if parse_clause(text).subject not in ("model", "baseline"):
+                c.passed = False
+                c.detail = (f"{reason}: the gate fails closed "
+                            "(gate_options.allow_no_backdoor: true to evaluate it)")
     return GateVerdict(passed=all(c.passed for c in clauses), clauses=clauses)
 
 

@@ -95,7 +95,8 @@ class MethodResult(Scores):
     qra_asr: float | None = None
     qra_clean_to_target: float | None = None
     lmc_lambda50: float | None = None
-    verdict: Literal["robust", "superficial", "not_removed", "degraded", "unknown"] = "unknown"
+    verdict: Literal["robust", "superficial", "not_removed", "degraded", "no_backdoor",
+                     "unknown"] = "unknown"
     per_trigger: list[TriggerResult] = Field(default_factory=list)
     record: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageStatus] = Field(default_factory=list)
@@ -109,6 +110,9 @@ class ModelResult(BaseModel):
     asr: dict[str, float] = Field(default_factory=dict)
     backdoors_found: int | None = Field(None, description="how many triggers inverted from "
                                         "the model found a backdoor (null: none inverted)")
+    inactive: list[str] = Field(default_factory=list, description="triggers whose ASR on the "
+                                "submitted model is below plan.min_asr: they activate no "
+                                "backdoor, so no method is judged on them (verdict no_backdoor)")
 
 
 class BaselineInfo(BaseModel):
@@ -294,18 +298,34 @@ def headline(report: AuditReport) -> str:
                      f"(confidence {inv.confidence:.2f}). " for inv in found)
     if report.inversions and not found and not report.methods:
         return " ".join(inv.conclusion for inv in report.inversions)
+    prefix += "".join(no_backdoor_sentence(t, report.model.asr.get(t)) + ". "
+                      for t in report.model.inactive)
+    if report.methods and all(m.verdict == "no_backdoor" for m in report.methods):
+        return prefix.strip()
     return prefix + _defense_headline(report)
+
+
+def no_backdoor_sentence(trigger: str, asr: float | None) -> str:
+    """What the report, the headline and a failed gate clause say of an inactive trigger."""
+    return (f"Trigger {trigger} does not activate a backdoor in the submitted model (ASR "
+            f"{fmt(asr, 2)}); nothing to purify")
+
+
+def by_verdict(report: AuditReport, verdict: str) -> list[MethodResult]:
+    """The report's methods judged `verdict`."""
+    return [m for m in report.methods if m.verdict == verdict]
 
 
 def _defense_headline(report: AuditReport) -> str:
     """The defenses' part of the headline."""
     bd = max(report.model.asr.values(), default=None)
-    n = len(report.methods)
-    if n == 0:
+    n = len(report.methods) - len(by_verdict(report, "no_backdoor"))
+    if len(report.methods) == 0:
         return (f"No defense was run: the submitted model has C-Acc {fmt(report.model.c_acc, 2)}"
                 f" and ASR {fmt(bd, 2)}.")
     by = {v: [m for m in report.methods if m.verdict == v]
-          for v in ("superficial", "not_removed", "degraded", "robust", "unknown")}
+          for v in ("superficial", "not_removed", "degraded", "robust", "unknown",
+                    "no_backdoor")}
     parts = []
     if by["superficial"]:
         names = [display_name(m.key) for m in by["superficial"]]
@@ -348,9 +368,9 @@ def _defense_headline(report: AuditReport) -> str:
 
 
 VERDICT_COLORS = {"robust": "#17803d", "superficial": "#b35c00", "not_removed": "#c0262d",
-                  "degraded": "#6b3fa0", "unknown": "#666666"}
+                  "degraded": "#6b3fa0", "no_backdoor": "#222222", "unknown": "#666666"}
 VERDICT_MARKS = {"robust": "🟢", "superficial": "🟠", "not_removed": "🔴", "degraded": "🟣",
-                 "unknown": "⚪"}
+                 "no_backdoor": "⚫", "unknown": "⚪"}
 VERDICT_MEANING = {
     "robust": "the backdoor is removed and stays removed under retuning",
     "superficial": "ASR is low, but retuning with a few poisoned images brings the backdoor "
@@ -358,6 +378,8 @@ VERDICT_MEANING = {
     "not_removed": "the purified model still answers the trigger (O-ASR above the limit)",
     "degraded": "the defense cost more clean accuracy than the limit (acc_drop above "
                 "plan.retune.max_acc_drop), whatever its ASR: the model is broken, not purified",
+    "no_backdoor": "the trigger does not activate a backdoor in the submitted model (ASR "
+                   "below plan.min_asr): there was nothing to purify, so nothing is judged",
     "unknown": "a stage failed, so no verdict",
 }
 GLOSSARY = [
@@ -473,8 +495,9 @@ def to_markdown(report: AuditReport) -> str:
     out += ["| " + " | ".join([_md(c) for c in r[:-2]]
                               + [f"{VERDICT_MARKS.get(r[-2], '')} {r[-2]}", _md(r[-1])])
             + " |" for r in table_rows(report)]
-    out += ["", " ".join(f"{VERDICT_MARKS[v]} **{v}**: {VERDICT_MEANING[v]}." for v in
-                         ("robust", "superficial", "not_removed", "degraded"))]
+    shown = ["robust", "superficial", "not_removed", "degraded"]
+    shown += ["no_backdoor"] if by_verdict(report, "no_backdoor") else []
+    out += ["", " ".join(f"{VERDICT_MARKS[v]} **{v}**: {VERDICT_MEANING[v]}." for v in shown)]
     budgets, series = sweep_series(report)
     if budgets:
         out += ["", "P-ASR by retuning budget (poisoned samples, epochs):", "",

@@ -233,6 +233,10 @@ class Plan(_Strict):
     retune: RetuneSpec = Field(default_factory=RetuneSpec)
     qra: QRASpec = Field(default_factory=QRASpec)
     lmc: LMCSpec = Field(default_factory=LMCSpec)
+    min_asr: float = Field(0.5, ge=0, le=1, description="a trigger whose ASR on the submitted "
+                           "model is below this activates no backdoor: every method gets the "
+                           "verdict no_backdoor on it, and gate clauses on methods fail closed "
+                           "unless gate_options.allow_no_backdoor")
 
     @model_validator(mode="after")
     def _unique(self) -> Plan:
@@ -246,6 +250,15 @@ class Plan(_Strict):
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
 
 
+class GateOptions(_Strict):
+    """What a gate accepts besides its clauses' numbers; each is off by default, so a gate
+    fails closed on a result that judges nothing."""
+
+    allow_no_backdoor: bool = Field(False, description="let method clauses be evaluated "
+                                    "when a trigger activates no backdoor in the submitted "
+                                    "model (default: they fail, naming the trigger)")
+
+
 class AuditSpec(_Strict):
     """An audit request: model, data, triggers, plan, seed and the release gate."""
 
@@ -256,12 +269,25 @@ class AuditSpec(_Strict):
     plan: Plan = Field(default_factory=Plan)
     seed: int = seed_field(0, "the audit's seed (defender's splits, initializations)")
     gate: list[str] = Field(default_factory=list, max_length=64,
-                            examples=[["pam.p_asr <= 0.2"]])
+                            examples=[["pam.p_asr <= 0.2"]], description="release gate "
+                            "clauses; also accepted as {require: [...], allow_no_backdoor: "
+                            "true}, the clauses and gate_options in one object")
+    gate_options: GateOptions = Field(default_factory=GateOptions)
     reference: str | None = Field(None, description="path of a benign reference checkpoint "
                                   "(a model trained clean) for RA's baseline and QRA; "
                                   "default: the EP model")
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="auto (the default: "
                                "CUDA if the worker has it, else the CPU), cpu, cuda or cuda:N")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gate_object(cls, data: Any) -> Any:
+        """`gate: {require: [...], allow_no_backdoor: true}` -> gate and gate_options."""
+        if isinstance(data, dict) and isinstance(data.get("gate"), dict):
+            options = dict(data["gate"])
+            data = {**data, "gate": options.pop("require", []),
+                    "gate_options": {**(data.get("gate_options") or {}), **options}}
+        return data
 
     @field_validator("device")
     @classmethod

@@ -94,7 +94,10 @@ def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
         t.max_gap = worst([p.p_asr - p.baseline_p_asr for p in
                            ([t.budget] if t.budget else []) + t.sweep
                            if p.p_asr is not None and p.baseline_p_asr is not None])
-    pt = res.per_trigger
+    # a trigger that activates no backdoor in the submitted model judges nothing: the
+    # method's numbers and verdict come from the others, and with none left it has none
+    judged = [t for t in res.per_trigger if t.trigger not in model.inactive]
+    pt = judged or res.per_trigger
     res.o_asr = worst([t.o_asr for t in pt])
     res.der = min((t.der for t in pt if t.der is not None), default=None)
     res.p_asr = worst([t.p_asr for t in pt])
@@ -108,7 +111,8 @@ def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
     res.lmc_lambda50 = min(lams) if lams and min(lams) < 1.0 else None
     if res.o_cacc is not None and model.c_acc is not None:
         res.acc_drop = model.c_acc - res.o_cacc
-    res.verdict = verdict(res, spec)  # type: ignore[assignment]
+    res.verdict = ("no_backdoor" if res.per_trigger and not judged  # type: ignore[assignment]
+                   else verdict(res, spec))
     res.seconds = round(sum(st.seconds for st in res.stages), 3)
     return res
 
@@ -128,6 +132,8 @@ def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageSt
     active = [labels[i] for i in ev.get("active", [])]
     if spec.triggers and not active:  # every trigger was inverted: none found, or failed
         return _finish(report, spec)
+    report.model.inactive = [label for label in active if (asr := report.model.asr.get(label))
+                             is not None and asr < spec.plan.min_asr]
     report.baseline = _baseline(plan, results, labels)
     base: dict[str, dict[str, float | None]] = {}
     for label in active:
@@ -151,5 +157,6 @@ def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageSt
 
 def _finish(report: AuditReport, spec) -> AuditReport:
     report.headline = headline(report)
-    report.gate = evaluate(spec.gate, report)
+    report.gate = evaluate(spec.gate, report,
+                           allow_no_backdoor=spec.gate_options.allow_no_backdoor)
     return report

@@ -49,6 +49,7 @@ def test_make_backdoor_eval_purify_audit(tmp_path):
     assert made.returncode == 0, made.stderr
     info = json.loads(made.stdout)
     assert info["asr"] >= 0.9 and info["c_acc"] >= 0.8 and info["poisoned"] == 200
+    assert info["warnings"] == []
     ev = json.loads(ppr("eval", str(ckpt), "--arch", "small_cnn", "--data",
                         "synthetic:?n=500&seed=1", "--attack", "badnets", "--json").stdout)
     assert ev["asr"] == info["asr"] and ev["sha256"] == info["sha256"]
@@ -75,6 +76,21 @@ def test_make_backdoor_eval_purify_audit(tmp_path):
     aud = ppr("audit", str(ckpt), "--spec", str(spec), "--out", str(tmp_path / "rep"))
     assert aud.returncode == 1 and "FAIL ft.o_asr <= 0.0" in aud.stdout  # the gate failed
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["gate"]["passed"] is False
+
+
+def test_make_backdoor_warns_when_the_backdoor_barely_took(tmp_path):
+    """Three poisoned images and one epoch: the model answers the trigger hardly at all, and
+    an audit of it would judge nothing; make-backdoor says so, in --json too."""
+    args = ["make-backdoor", "--arch", "small_cnn", "--data", "synthetic:?n=300&seed=0",
+            "--test", "synthetic:?n=300&seed=1", "--epochs", "1", "--rate", "0.01",
+            "--target", "3", "--no-augment"]
+    made = ppr(*args, "--out", str(tmp_path / "w.safetensors"), "--json")
+    assert made.returncode == 0, made.stderr
+    info = json.loads(made.stdout)
+    assert info["asr"] < 0.5
+    assert any("the backdoor barely took" in w for w in info["warnings"])
+    plain = ppr(*args, "--out", str(tmp_path / "w2.safetensors"))
+    assert "warning: the backdoor barely took" in plain.stderr
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
