@@ -96,14 +96,16 @@ def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
     return {"status": "succeeded", "artifacts": saved}
 
 
-def enter_child(settings_json: str) -> Settings:
-    """What every job or stage child does first: die with the worker, leave Ctrl-C to the
-    worker, and use the worker's share of the cores (`PPR_TORCH_THREADS`); its settings."""
+def enter_child(settings_json: str, conn) -> Settings:
+    """What every job or stage child does first: die with the fork server and with the
+    worker (`conn`: the pipe it reports on), leave Ctrl-C to the worker, and use the
+    worker's share of the cores (`PPR_TORCH_THREADS`); its settings."""
     import torch
 
-    from .supervise import die_with_parent
+    from .supervise import die_with_parent, die_with_worker
 
     die_with_parent()
+    die_with_worker(conn)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides what a Ctrl-C means
     settings = Settings.model_validate_json(settings_json)
@@ -114,7 +116,7 @@ def enter_child(settings_json: str) -> Settings:
 
 def run_child(job_id: str, worker: str, settings_json: str, conn, started: float) -> None:
     """The child's entry point: run the job, send its outcome, exit."""
-    settings = enter_child(settings_json)
+    settings = enter_child(settings_json, conn)
     store = JobStore(settings.db_url)
     outcome = execute(job_id, worker, settings, store, ArtifactStore(settings.artifact_dir),
                       started)

@@ -112,7 +112,7 @@ def run_stage_child(job_id: str, stage_id: str, worker: str, settings_json: str,
     """A stage's child process: run it, store its models, send its outcome."""
     from .child import enter_child
 
-    settings = enter_child(settings_json)
+    settings = enter_child(settings_json, conn)
     store, artifacts = JobStore(settings.db_url), ArtifactStore(settings.artifact_dir)
     conn.send(execute_stage(job_id, stage_id, worker, settings, store, artifacts))
     conn.close()

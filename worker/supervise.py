@@ -68,6 +68,31 @@ def die_with_parent() -> None:
             pass
 
 
+def die_with_worker(conn) -> None:
+    """SIGKILL this child as soon as the worker that started it dies, however it dies.
+
+    The child's parent is the fork server, so Linux's parent-death signal (above) follows
+    the server, not the worker: a SIGKILLed worker left its job computing. The worker holds
+    the only read end of the pipe the child reports on (`conn` is the write end); when the
+    worker dies the kernel closes that end and the write end reports POLLERR, which a
+    thread here waits for without a timer. The worker closing the pipe after the outcome
+    arrived is the same event, but the child has sent its outcome and is exiting by then."""
+    import select
+    import threading
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), 0)  # POLLERR and POLLHUP are always reported
+        while True:
+            for _, event in poller.poll():
+                if event & select.POLLNVAL:  # the child closed its end: it is finishing
+                    return
+                if event & (select.POLLERR | select.POLLHUP):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-worker", daemon=True).start()
+
+
 @dataclass
 class Finished:
     """How a supervised job ended: the child's own outcome, or why it was stopped."""

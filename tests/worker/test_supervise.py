@@ -217,3 +217,42 @@ def _group_members(pgid: int) -> list[int]:
             if int(fields[2]) == pgid:
                 out.append(int(entry))
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
+def test_a_sigkilled_worker_takes_its_job_child_with_it(tmp_path):
+    """The job child's parent is the fork server, so the parent-death signal never fired
+    when the worker was SIGKILLed and the child computed on (issue 34 item 5). Now it
+    dies within seconds, whatever killed the worker."""
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "from service.settings import Settings\n"
+        "from worker.supervise import supervise\n"
+        "from tests.worker.spin import spin\n"
+        f"supervise(spin, ({str(pidfile)!r}, Settings().model_dump_json()),\n"
+        "          renew=lambda: False, should_stop=lambda: False, time_limit_s=600)\n")
+    worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=clean_env(tmp_path / "state"))
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=120)
+        child = int(pidfile.read_text())
+        assert _alive(child)
+        time.sleep(1.0)
+        assert _alive(child)  # the watchdog does not fire while the worker lives
+        worker.kill()
+        worker.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the job child outlived its SIGKILLed worker"
+    finally:
+        worker.kill()
+        if pidfile.exists() and _alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
