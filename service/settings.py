@@ -37,6 +37,9 @@ class Settings(BaseSettings):
                                    "references may name")
     max_upload_bytes: int = Field(2 << 30, description="checkpoint upload limit")
     max_dataset_bytes: int = Field(4 << 30, description="dataset archive upload limit")
+    storage_quota_bytes: int = Field(20 << 30, description="what one principal's uploaded "
+                                     "datasets may hold in all (413 past it; DELETE one to "
+                                     "make room)")
     job_time_limit_s: int = Field(6 * 3600, description="hard limit of one job")
     lease_s: float = Field(60.0, description="a running job's lease, renewed every second by "
                            "its worker")

@@ -29,11 +29,13 @@ class Form:
 
 async def read_form(request: Request, store: ArtifactStore, file_field: str,
                     limit: int, text_fields: tuple[str, ...] = (),
-                    text_limits: dict[str, int] | None = None) -> Form:
+                    text_limits: dict[str, int] | None = None, over: str | None = None
+                    ) -> Form:
     """Parse the request; the part named `file_field` streams into an Upload, the parts
     named in `text_fields` are kept as text (each within `text_limits`, all of them and
     every part's headers within MAX_FIELD_BYTES), any other part is refused (422). Reading
-    stops at the first limit passed, chunked or not."""
+    stops at the first limit passed, chunked or not; `over` names the limit in the 413
+    when it is not the upload limit itself (e.g. what is left of a storage quota)."""
     text_limits = text_limits or {}
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -41,8 +43,9 @@ async def read_form(request: Request, store: ArtifactStore, file_field: str,
                        f"{file_field!r} and a 'spec' field")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + MAX_FIELD_BYTES:
-        raise ApiError(413, f"request body of {length} bytes exceeds the upload limit of "
-                       f"{limit} bytes")
+        raise ApiError(413, f"request body of {length} bytes exceeds the "
+                       + (f"{limit} bytes left {over}" if over else
+                          f"upload limit of {limit} bytes"))
     form = Form()
     state: dict = {"headers": {}, "name": None, "buf": None, "error": None, "hname": b"",
                    "hval": b"", "text": 0}
@@ -96,7 +99,8 @@ async def read_form(request: Request, store: ArtifactStore, file_field: str,
             try:
                 form.upload.write(chunk)
             except TooLarge as exc:
-                state["error"] = ApiError(413, f"{file_field}: {exc}")
+                state["error"] = ApiError(413, f"{file_field}: {exc}"
+                                          + (f", what is left {over}" if over else ""))
         elif state["buf"] is not None:
             state["buf"] += chunk
             cap = text_limits.get(state["name"], MAX_FIELD_BYTES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from ppr_engine.data import validate_archive
@@ -34,9 +34,21 @@ UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {
              operation_id="upload_dataset", openapi_extra=UPLOAD, responses=ERRORS)
 async def upload_dataset(request: Request, principal: Principal, settings: SettingsDep,
                          store: StoreDep, artifacts: ArtifactsDep) -> DatasetView:
-    """Upload a dataset archive; it is checked member by member before it is kept."""
-    form = await read_form(request, artifacts, "archive", settings.max_dataset_bytes,
-                           ("name",), {"name": 4 * MAX_NAME})
+    """Upload a dataset archive; it is checked member by member before it is kept. Uploads
+    share the submission rate limit, and a principal's datasets a storage quota."""
+    request.app.state.submit_limiter.take(principal)
+    used, quota = store.dataset_bytes(principal), settings.storage_quota_bytes
+    room = quota - used
+    if room <= 0:
+        raise ApiError(413, f"storage quota reached: your datasets hold {used} bytes of your "
+                       f"{quota} (PPR_STORAGE_QUOTA_BYTES); delete one to make room",
+                       "quota_exceeded")
+    limit = min(settings.max_dataset_bytes, room)
+    form = await read_form(request, artifacts, "archive", limit, ("name",),
+                           {"name": 4 * MAX_NAME},
+                           over=None if limit == settings.max_dataset_bytes else (
+                               f"of your storage quota ({quota} bytes, {used} used; "
+                               "PPR_STORAGE_QUOTA_BYTES)"))
     upload = form.upload
     if upload is None or upload.size == 0:
         raise ApiError(422, "missing or empty file field 'archive'")
@@ -84,3 +96,19 @@ def get_dataset(dataset_id: str, principal: Principal, store: StoreDep) -> Datas
     if ds is None:
         raise ApiError(404, f"no dataset {dataset_id}", "not_found")
     return DatasetView.of(ds)
+
+
+@router.delete("/datasets/{dataset_id}", status_code=204, operation_id="delete_dataset",
+               responses=ERRORS | {409: {"model": ErrorBody}})
+def delete_dataset(dataset_id: str, principal: Principal, store: StoreDep,
+                   artifacts: ArtifactsDep) -> Response:
+    """Delete one of the caller's datasets (409 while a queued or running job names it)."""
+    if store.get_dataset(dataset_id, principal) is None:
+        raise ApiError(404, f"no dataset {dataset_id}", "not_found")
+    if store.dataset_in_use(dataset_id, principal):
+        raise ApiError(409, f"dataset {dataset_id} is named by a queued or running job; "
+                       "delete it once that job has finished", "in_use")
+    ds = store.delete_dataset(dataset_id, principal)
+    if ds is not None:
+        artifacts.delete_prefix(ds.key)
+    return Response(status_code=204)

@@ -576,6 +576,28 @@ class JobStore:
             ds = s.get(Dataset, dataset_id)
             return ds if ds is not None and ds.principal == principal else None
 
+    def dataset_bytes(self, principal: str) -> int:
+        """What the principal's datasets hold in the artifact store (their quota's use)."""
+        with self.session() as s:
+            return int(s.scalar(select(func.coalesce(func.sum(Dataset.size), 0)).where(
+                Dataset.principal == principal)) or 0)
+
+    def dataset_in_use(self, dataset_id: str, principal: str) -> bool:
+        """Whether a queued or running job of the principal names `dataset:<id>`."""
+        with self.session() as s:
+            return bool(s.scalar(select(func.count()).select_from(Job).where(
+                Job.principal == principal, Job.state.in_(("queued", "running")),
+                Job.spec.contains(f"dataset:{dataset_id}", autoescape=True))))
+
+    def delete_dataset(self, dataset_id: str, principal: str) -> Dataset | None:
+        """Remove the principal's dataset record; returns it (None if there was none)."""
+        with self.session() as s, s.begin():
+            ds = s.get(Dataset, dataset_id)
+            if ds is None or ds.principal != principal:
+                return None
+            s.delete(ds)
+            return ds
+
     def list_datasets(self, principal: str) -> list[Dataset]:
         """The principal's datasets, newest first."""
         with self.session() as s:

@@ -247,3 +247,49 @@ def test_a_device_no_worker_has_is_refused_at_the_door(tmp_path, small_checkpoin
             "error"]["message"]
         spec["device"] = "cuda:1"
         assert submit(c, small_checkpoint, spec).status_code == 202
+
+
+def _png_archive(n: int) -> bytes:
+    from .test_api import _archive, _png
+
+    return _archive({f"{k}/{i}.png": _png() for k in range(2) for i in range(n)})
+
+
+def test_dataset_uploads_share_the_submission_limit(tmp_path):
+    """40 uploads in 3 s all got 201 (issue 34 item 8); now they draw on the submission
+    bucket: past the burst, 429 with Retry-After, and nothing of the refused ones kept."""
+    settings = Settings(data_dir=tmp_path / "state", submit_rate_per_min=1, submit_burst=3)
+    with TestClient(create_app(settings)) as c:
+        codes = [c.post("/v1/datasets", files={"archive": ("d.tar.gz", _png_archive(1))})
+                 for _ in range(5)]
+        assert [r.status_code for r in codes] == [201, 201, 201, 429, 429]
+        assert "Retry-After" in codes[-1].headers
+        assert "too many submissions" in codes[-1].json()["error"]["message"]
+        assert len(c.get("/v1/datasets").json()) == 3
+
+
+def test_a_principal_storage_quota_bounds_its_datasets(tmp_path, small_checkpoint):
+    """Each principal's datasets fit a quota; the upload past it is a 413 naming the quota,
+    keeps nothing, and deleting a dataset makes room (not while a queued job names it)."""
+    one = _png_archive(2)
+    settings = Settings(data_dir=tmp_path / "state", submit_rate_per_min=0,
+                        storage_quota_bytes=int(len(one) * 2.5))
+    with TestClient(create_app(settings)) as c:
+        first = c.post("/v1/datasets", files={"archive": ("a.tar.gz", one)}).json()
+        assert c.post("/v1/datasets", files={"archive": ("b.tar.gz", one)}).status_code == 201
+        before = files_under(tmp_path / "state" / "artifacts")
+        r = c.post("/v1/datasets", files={"archive": ("c.tar.gz", one)})
+        assert r.status_code == 413, r.text
+        assert "storage quota" in r.json()["error"]["message"]
+        assert files_under(tmp_path / "state" / "artifacts") == before
+        spec = quick_spec()
+        spec["data"]["test"] = first["ref"]
+        r = submit(c, small_checkpoint, spec)
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        r = c.delete(f"/v1/datasets/{first['id']}")
+        assert r.status_code == 409 and "queued or running job" in r.json()["error"]["message"]
+        assert c.delete(f"/v1/jobs/{job}").status_code in (200, 202)
+        assert c.delete(f"/v1/datasets/{first['id']}").status_code == 204
+        assert c.get(f"/v1/datasets/{first['id']}").status_code == 404
+        assert c.post("/v1/datasets", files={"archive": ("c.tar.gz", one)}).status_code == 201
