@@ -239,7 +239,8 @@ def test_a_sigkilled_worker_takes_its_job_child_with_it(tmp_path):
         "from tests.worker.spin import spin\n"
         f"supervise(spin, ({str(pidfile)!r}, Settings().model_dump_json()),\n"
         "          renew=lambda: False, should_stop=lambda: False, time_limit_s=600)\n")
-    worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=clean_env(tmp_path / "state"))
+    worker = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                              env=clean_env(tmp_path / "state"))
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=120)
         child = int(pidfile.read_text())
