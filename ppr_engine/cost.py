@@ -1,19 +1,23 @@
-"""How much work a spec asks for, in image passes (one forward and backward pass of one
-image through the audited model; a forward pass alone counts a third).
+"""What the stages of an audit cost, in image passes (one forward and backward pass of one
+image; a forward pass alone counts a third), weighted by the audited architecture's cost
+per image against a CIFAR ResNet-18's.
 
-One estimate serves the service's cap on a spec's total work (`SPEC_LIMITS.max_work`,
-checked at submission with the sizes it knows and again by the worker with the loaded data)
-and the audit plan's stage costs (progress, scheduling). It counts what dominates: each
-method's own `work(n, classes)`, the inversions, RA at every budget for every method and the
-baseline, QRA and its transfer, LMC, and the evaluations; it is an estimate, within a small
+These are the pieces the audit plan (`ppr_engine.audit.plan`) prices its stages with; the
+plan's total is the one estimate of a spec's work, so the service's cap (`max_work`,
+checked at submission with the sizes it knows and again by the worker with the loaded
+data), progress and scheduling all count what runs. It is an estimate within a small
 factor, not a bill.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .spec import AuditSpec
+
+# the unit of work: one image pass through a CIFAR ResNet-18, the paper's model
+REFERENCE_ARCH = "resnet18_cifar"
 
 
 @dataclass(frozen=True)
@@ -25,18 +29,6 @@ class Sizes:
     test: int
     pool: int
     classes: int
-
-
-def retune_work(spec: AuditSpec, sizes: Sizes) -> float:
-    """RA on one model against one trigger: the reference budget and every sweep point."""
-    rs = spec.plan.retune
-    if not rs.enabled:
-        return 0.0
-    total = rs.poison_num + rs.clean_num
-    budgets = [(total, rs.epochs)] + [
-        (b.poison_num + (b.clean_num if b.clean_num is not None else max(0, total - b.poison_num)),
-         b.epochs) for b in rs.sweep]
-    return float(sum(images * epochs for images, epochs in budgets))
 
 
 def evaluation_work(sizes: Sizes, triggers: int) -> float:
@@ -60,34 +52,28 @@ def lmc_work(spec: AuditSpec, sizes: Sizes, triggers: int) -> float:
     return float(lm.points * (sizes.clean + sizes.test * (1 + triggers)) / 3)
 
 
-def stage_work(spec: AuditSpec, sizes: Sizes) -> dict[str, float]:
-    """Image passes by kind of stage (see the module)."""
-    n_trig = max(1, len(spec.triggers))
-    methods = spec.plan.methods
-    n_models = max(1, len(methods))
-    out = {"invert": 0.0, "purify": 0.0, "evaluate": 0.0, "baseline": 0.0, "retune": 0.0,
-           "qra": 0.0, "qra-transfer": 0.0, "lmc": 0.0}
-    for t in spec.triggers:
-        params = t.parsed()
-        if hasattr(params, "inversion"):
-            out["invert"] += params.inversion.work(sizes.clean, sizes.classes, params.rounds)
-    out["evaluate"] = evaluation_work(sizes, n_trig) * (1 + len(methods))
-    for m in methods:
-        out["purify"] += m.parsed().work(sizes.clean, sizes.classes)
-    if spec.plan.retune.enabled and spec.plan.retune.baseline:
-        if spec.reference is None and "ep" not in [m.name for m in methods]:
-            from .defenses import DEFENSES
+@functools.cache
+def forward_flops(arch: str, num_classes: int, width: int | None = None) -> float:
+    """FLOPs of one image's forward pass through `arch`, counted on the meta device (no
+    memory, no data; a fraction of a second even for a ViT)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-            out["baseline"] += DEFENSES.get("ep").parse({}).work(sizes.clean, sizes.classes)
-        out["baseline"] += retune_work(spec, sizes) * n_trig
-    out["retune"] = retune_work(spec, sizes) * n_trig * n_models
-    out["qra"] = qra_work(spec, sizes) * n_trig * n_models
-    if spec.plan.qra.enabled and spec.plan.qra.transfer:
-        out["qra-transfer"] = n_trig * n_models * max(0, n_models - 1) * sizes.test / 3
-    out["lmc"] = lmc_work(spec, sizes, n_trig) * n_trig * len(methods)
-    return out
+    from . import models
+
+    size = models.architecture(arch).input_size
+    with torch.device("meta"):
+        model = models.create(arch, num_classes, width=width)
+        x = torch.empty(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
 
 
-def total_work(spec: AuditSpec, sizes: Sizes) -> float:
-    """All of the audit's image passes."""
-    return sum(stage_work(spec, sizes).values())
+def image_cost(spec: AuditSpec) -> float:
+    """What one image pass through the audited model costs, in passes of the unit model
+    (REFERENCE_ARCH, full width): a ResNet-50 at 224 pixels weighs about 7, a width-16
+    CIFAR ResNet-18 about 0.06, so a cap in these units bounds compute, not image counts."""
+    m = spec.model
+    return (forward_flops(m.arch, m.num_classes, m.width)
+            / forward_flops(REFERENCE_ARCH, m.num_classes))

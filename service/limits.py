@@ -140,20 +140,31 @@ def check_budgets(spec: AuditSpec, limits: SpecLimits,
     check_work(spec, limits, size_of)
 
 
-def check_work(spec: AuditSpec, limits: SpecLimits,
-               size_of: Callable[[str], int | None]) -> None:
-    """422 when the estimated work of the spec exceeds `max_work` (skipped when a data
-    reference's size is unknown here: the worker checks it with the loaded data)."""
+def known_sizes(spec: AuditSpec, size_of: Callable[[str], int | None]):
+    """The audit's sizes (`ppr_engine.cost.Sizes`) where the gateway knows every count
+    without reading images, else None; refuses an attacker pool too small for RA and QRA."""
     from ppr_engine.audit import attacker_images
     from ppr_engine.audit.inputs import check_attacker_pool
-    from ppr_engine.cost import Sizes, total_work
+    from ppr_engine.cost import Sizes
 
     clean, test = size_of(spec.data.clean), size_of(spec.data.test)
     pool = size_of(spec.data.attacker) if spec.data.attacker else attacker_images(spec)
     check_attacker_pool(spec, clean, pool if spec.data.attacker else None)
     if clean is None or test is None or pool is None:
-        return
-    work = total_work(spec, Sizes(clean, test, pool, spec.model.num_classes))
+        return None
+    defender = clean - (0 if spec.data.attacker else pool)
+    return Sizes(defender, test, pool, spec.model.num_classes)
+
+
+def check_work(spec: AuditSpec, limits: SpecLimits,
+               size_of: Callable[[str], int | None]) -> None:
+    """422 when the estimated work of the spec (its plan's stage costs) exceeds `max_work`
+    (with nominal CIFAR-scale sizes where a data reference's size is unknown here: the
+    worker checks again with the loaded data)."""
+    from ppr_engine.audit import estimated_work
+    from ppr_engine.audit.plan import NOMINAL
+
+    work = estimated_work(spec, known_sizes(spec, size_of) or NOMINAL)
     if work > limits.max_work:
-        raise _over("the audit's estimated work (image passes)", f"{work:.3g}",
-                    f"{limits.max_work:.3g}")
+        raise _over("the audit's estimated work (CIFAR ResNet-18 image passes)",
+                    f"{work:.3g}", f"{limits.max_work:.3g}")

@@ -43,6 +43,10 @@ class JobView(BaseModel):
                                    "PPR_JOB_TIME_LIMIT_S), 'input' (the request was wrong) or "
                                    "'system' (the service failed)")
     cancel_requested: bool
+    estimated_work: float | None = Field(None, description="the job's estimated work: the sum "
+                                         "of its plan's stage costs, in CIFAR ResNet-18 image "
+                                         "passes (what PPR_SPEC_LIMITS.max_work and "
+                                         "PPR_MAX_ACTIVE_WORK cap)")
     checkpoint_name: str
     checkpoint_sha256: str
     created_at: dt.datetime
@@ -59,6 +63,7 @@ class JobView(BaseModel):
             id=job.id, kind=job.kind, state=job.state, stage=job.stage, progress=job.progress,
             message=job.message, attempts=job.attempts, error=job.error,
             error_kind=job.error_kind, cancel_requested=job.cancel_requested,
+            estimated_work=getattr(job, "work", None),
             stages=f"{base}/stages",
             checkpoint_name=job.checkpoint_name, checkpoint_sha256=job.checkpoint_sha256,
             created_at=utc(job.created_at), started_at=utc(job.started_at),

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
                                        "principal (0 turns the limit off)")
     submit_burst: int = Field(10, description="submissions a principal may make at once")
     max_active_jobs: int = Field(20, description="queued or running jobs per principal")
+    max_active_work: float = Field(1e9, description="estimated work (CIFAR ResNet-18 image "
+                                   "passes) of one principal's queued and running jobs, "
+                                   "summed; a submission past it waits (429)")
     auth_fail_rate_per_min: float = Field(30.0, description="failed logins per minute per "
                                           "client address (then 429 for that address, whatever "
                                           "token it sends; 0 turns the limit off)")

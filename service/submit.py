@@ -26,7 +26,7 @@ from ppr_engine.spec import AuditSpec, spec_for
 
 from .dispatch import dispatch
 from .errors import ApiError, Unavailable
-from .limits import RateLimited, check_budgets
+from .limits import RateLimited, check_budgets, known_sizes
 from .queue import Enqueuer
 from .settings import Settings
 from .store.artifacts import ArtifactStore
@@ -77,12 +77,27 @@ def check_device(spec: AuditSpec, store: JobStore) -> None:
                         + (f" or cuda:0 to cuda:{gpus - 1}" if gpus else ""))
 
 
-def plan_rows(spec: AuditSpec) -> list[dict]:
-    """The job's stages as rows: id, kind, needs, what it waits for, estimated cost."""
-    from ppr_engine.audit.plan import plan_for
+def plan_rows(spec: AuditSpec, sizes=None) -> list[dict]:
+    """The job's stages as rows: id, kind, needs, what it waits for, estimated cost (with
+    the data's `sizes` where known, else nominal CIFAR-scale ones)."""
+    from ppr_engine.audit.plan import NOMINAL, plan_for
 
     return [{"id": s.id, "kind": s.kind, "needs": list(s.needs), "waits": list(s.waits_for()),
-             "cost": s.cost} for s in plan_for(spec)]
+             "cost": s.cost} for s in plan_for(spec, sizes or NOMINAL)]
+
+
+def check_active_work(rows: list[dict], principal: str, store: JobStore,
+                      settings: Settings) -> None:
+    """429 when this job's estimated work on top of the principal's queued and running
+    jobs' would pass `max_active_work`: one principal cannot hold the fleet for days with
+    many jobs each under the per-job cap."""
+    work = sum(r["cost"] for r in rows)
+    active = store.active_work(principal)
+    if active + work > settings.max_active_work:
+        raise RateLimited(f"this job's estimated work ({work:.3g} image passes) on top of your "
+                          f"queued and running jobs' ({active:.3g}) passes the limit of "
+                          f"{settings.max_active_work:.3g} (PPR_MAX_ACTIVE_WORK); wait for "
+                          "one to finish", 60)
 
 
 def data_size(text: str, principal: str, store: JobStore) -> int | None:
@@ -213,7 +228,10 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             raise RateLimited(f"{active} of your jobs are queued or running (the limit is "
                               f"{settings.max_active_jobs}); wait for one to finish", 30)
         check_data_refs(spec, principal, store, settings)
-        stages = plan_rows(spec)  # an impossible plan is refused here, naming the stage
+        size_of = lambda ref: data_size(ref, principal, store)  # noqa: E731
+        # an impossible plan is refused here, naming the stage
+        stages = plan_rows(spec, known_sizes(spec, size_of))
+        check_active_work(stages, principal, store, settings)
         await run_in_threadpool(load_model, upload.path, spec.model.arch,
                                 spec.model.num_classes, max_bytes=settings.max_upload_bytes,
                                 name=form.filename or FILE_FIELD, width=spec.model.width)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import sha256_file
-from ..cost import Sizes, total_work
+from ..cost import Sizes
 from ..errors import SpecError
 from ..gate import check_subjects
 from ..report import AuditReport, Provenance, StageStatus
@@ -28,7 +28,7 @@ from ..spec import AuditSpec
 from .assemble import assemble
 from .execute import MemoryResults, ProgressSink, StageSink, execute, quiet
 from .inputs import AuditInputs, attacker_images, load_inputs, refuse_overlap
-from .plan import AuditPlan, Budget, Stage, budgets, check_plan, plan_for
+from .plan import AuditPlan, Budget, Stage, budgets, check_plan, estimated_work, plan_for
 from .verdict import VERDICT_RULE
 
 __all__ = ["VERDICT_RULE", "AuditInputs", "AuditOutcome", "AuditPlan", "Budget",
@@ -66,10 +66,11 @@ def check_work(spec: AuditSpec, inputs: AuditInputs, max_work: float | None) -> 
     """Refuse, before any stage runs, a spec whose work on the loaded data is over the cap."""
     if max_work is None:
         return
-    work = total_work(spec, sizes_of(inputs))
+    work = estimated_work(spec, sizes_of(inputs))
     if work > max_work:
         raise SpecError(f"spec asks too much: the audit's estimated work on these data "
-                        f"is {work:.3g} image passes, the limit is {max_work:.3g}")
+                        f"is {work:.3g} image passes (CIFAR ResNet-18 units), the limit is "
+                        f"{max_work:.3g}")
 
 
 def trigger_provenance(report: AuditReport, inputs: AuditInputs) -> None:

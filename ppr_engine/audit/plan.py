@@ -9,9 +9,11 @@ A stage is one unit of work with a stable id that the executor runs, records and
 `qra-transfer`, `lmc:pam:badnets->0` and `report`. `needs` are the stages whose results a
 stage uses (a stage whose need failed or was skipped is skipped, with the reason);
 `after` are stages it merely waits for (`qra-transfer` takes whichever QRA stages
-succeeded; `report` takes everything). Costs are image passes (`ppr_engine.cost`), for
-progress and scheduling. The per-method chains (purify, RA budgets, QRA, LMC) depend on each
-other only through `qra-transfer` and `report`, so executors may run them side by side.
+succeeded; `report` takes everything). Costs are image passes weighted by the
+architecture's cost per image (`ppr_engine.cost`): what progress, scheduling and the
+service's work cap count. The per-method chains (purify, RA budgets, QRA, LMC) depend on
+each other only through `qra-transfer` and `report`, so executors may run them side by
+side.
 
 `plan_for` also refuses, when the spec is validated, what no executor could run: QRA
 without RA (its guide is the retuned model), and gate clauses on fields no stage computes.
@@ -19,9 +21,9 @@ without RA (its guide is the retuned model), and gate clauses on fields no stage
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..cost import Sizes, evaluation_work, lmc_work, qra_work
+from ..cost import Sizes, evaluation_work, image_cost, lmc_work, qra_work
 from ..spec import AuditSpec, RetuneSpec, check_plan
 
 # sizes for cost estimates before the data are loaded (a CIFAR-scale audit)
@@ -178,7 +180,14 @@ def plan_for(spec: AuditSpec, sizes: Sizes = NOMINAL) -> AuditPlan:
                             needs=tuple(f"purify:{k}" for k in keys),
                             cost=len(qras) * (len(subjects) - 1) * sizes.test / 3))
     stages.append(Stage("report", "report", after=tuple(s.id for s in stages)))
-    return AuditPlan(stages)
+    weight = image_cost(spec)
+    return AuditPlan([replace(s, cost=s.cost * weight) for s in stages])
+
+
+def estimated_work(spec: AuditSpec, sizes: Sizes = NOMINAL) -> float:
+    """The audit's work: the sum of its plan's stage costs, in CIFAR ResNet-18 image
+    passes (`ppr_engine.cost`); what the service caps, per job and per principal."""
+    return plan_for(spec, sizes).total_cost
 
 
 def _ep_work(sizes: Sizes) -> float:

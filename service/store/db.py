@@ -151,7 +151,14 @@ STATUS_COLUMNS = ("id", "kind", "state", "stage", "progress", "message", "attemp
 POOL = {"pool_size": 40, "max_overflow": 20}
 
 
-_STATUS = select(*[getattr(Job, c) for c in STATUS_COLUMNS]).where(
+def _work_of(job_id_column):
+    """The estimated work of a job: the sum of its plan's stage costs."""
+    return (select(func.sum(JobStage.cost)).where(JobStage.job_id == job_id_column)
+            .scalar_subquery())
+
+
+_STATUS = select(*[getattr(Job, c) for c in STATUS_COLUMNS],
+                 _work_of(Job.id).label("work")).where(
     Job.id == bindparam("id"), Job.principal == bindparam("principal"))
 
 
@@ -273,6 +280,14 @@ class JobStore:
             return list(s.scalars(select(Job.id).where(
                 Job.state == "queued", Job.dispatched.is_(False), Job.created_at < t)
                 .order_by(Job.created_at)).all())
+
+    def active_work(self, principal: str) -> float:
+        """The estimated work of the principal's queued and running jobs, summed."""
+        with self.session() as s:
+            return float(s.scalar(
+                select(func.coalesce(func.sum(JobStage.cost), 0.0)).join(
+                    Job, Job.id == JobStage.job_id).where(
+                    Job.principal == principal, Job.state.in_(("queued", "running")))) or 0.0)
 
     def active(self, principal: str) -> int:
         """The principal's queued or running jobs."""

@@ -293,3 +293,29 @@ def test_a_principal_storage_quota_bounds_its_datasets(tmp_path, small_checkpoin
         assert c.delete(f"/v1/datasets/{first['id']}").status_code == 204
         assert c.get(f"/v1/datasets/{first['id']}").status_code == 404
         assert c.post("/v1/datasets", files={"archive": ("c.tar.gz", one)}).status_code == 201
+
+
+def test_each_jobs_estimate_is_served_and_a_principals_active_work_is_capped(
+        tmp_path, small_checkpoint):
+    """/v1/jobs/{id} carries the job's estimate, the sum of its plan's stage costs on the
+    sizes the gateway knows; a principal whose queued and running jobs would pass
+    max_active_work waits (429), whatever each job's own size (issue 34 items 2-3)."""
+    from ppr_engine.audit.plan import plan_for
+    from ppr_engine.cost import Sizes
+    from ppr_engine.spec import validate_spec
+
+    spec = quick_spec()
+    settings = Settings(data_dir=tmp_path / "state", submit_rate_per_min=0)
+    with TestClient(create_app(settings)) as c:
+        job = c.get(submit(c, small_checkpoint, spec).json()["url"]).json()
+        # synthetic n=300: the attacker's 100 images come out of data.clean
+        expected = plan_for(validate_spec(spec), Sizes(200, 300, 100, 10)).total_cost
+        assert job["estimated_work"] == pytest.approx(expected)
+    cap = Settings(data_dir=tmp_path / "capped", submit_rate_per_min=0,
+                   max_active_work=2.5 * expected)
+    with TestClient(create_app(cap)) as c:
+        assert [submit(c, small_checkpoint, spec).status_code for _ in range(3)] == [
+            202, 202, 429]
+        r = submit(c, small_checkpoint, spec)
+        assert "PPR_MAX_ACTIVE_WORK" in r.json()["error"]["message"]
+        assert "Retry-After" in r.headers
