@@ -105,5 +105,16 @@ def iter_members(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
 
 def validate_archive(archive: Path, limits: ArchiveLimits = DEFAULT_LIMITS,
                      shown: str | None = None) -> int:
-    """Check every member of `archive` without keeping content; return the file count."""
-    return sum(1 for _ in iter_members(archive, limits, read=False, shown=shown))
+    """Check every member of `archive` and every image's header (not its pixels) without
+    keeping content; return the file count. An archive whose images' source pixels pass
+    what one reference may decode is refused here, at upload, not by the worker."""
+    from .sources import IMAGE_SUFFIXES, check_source_pixels, header_pixels
+
+    files = pixels = 0
+    label = shown or archive.name
+    for name, blob in iter_members(archive, limits, read=True, shown=shown):
+        files += 1
+        if name.lower().endswith(IMAGE_SUFFIXES):
+            pixels += header_pixels(name, blob)
+            check_source_pixels(pixels, f"archive {label}")
+    return files

@@ -29,6 +29,31 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 # exceed MAX_DECODED_BYTES in all.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_DECODED_BYTES = 8 << 30
+# What decoding costs is the source's pixels, not the (resized) output's: ten 6000x6000 PNGs
+# compress to 2 KB and take seconds to decode even at ?size=32. One reference may read this
+# many source pixels in all (about a minute of decoding; CIFAR-10's 60,000 images are 6e7).
+MAX_SOURCE_PIXELS = 4_000_000_000
+
+
+def header_pixels(name: str, blob: bytes) -> int:
+    """The pixels an image's header claims (0 for a file that is not an image), read
+    without decoding it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        return 0
+    return w * h
+
+
+def check_source_pixels(total: int, source: str) -> None:
+    """Refuse a reference whose images' source pixels, summed, pass MAX_SOURCE_PIXELS."""
+    if total > MAX_SOURCE_PIXELS:
+        raise DatasetError(f"{source}: its images hold more than {MAX_SOURCE_PIXELS} source "
+                           "pixels in all, more than one data reference may decode; use "
+                           "smaller images or fewer of them")
 
 
 def _decode(name: str, blob: bytes, size: int | None) -> np.ndarray:
@@ -61,7 +86,7 @@ def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int
     decoding each image as it arrives (no archive member is held after its image is
     decoded) within MAX_DECODED_BYTES."""
     samples: list[tuple[str, str, np.ndarray]] = []
-    decoded = 0
+    decoded = pixels = 0
     for name, blob in files:
         parts = name.split("/")
         if not name.lower().endswith(IMAGE_SUFFIXES):
@@ -72,6 +97,8 @@ def _from_files(files: Iterable[tuple[str, bytes]], split: str | None, size: int
             parts = parts[parts.index(split) + 1:]
         if len(parts) < 2:
             continue
+        pixels += header_pixels(name, blob)
+        check_source_pixels(pixels, source)
         array = _decode(name, blob, size)
         decoded += array.nbytes
         if decoded > MAX_DECODED_BYTES:

@@ -166,3 +166,18 @@ def test_an_image_claiming_too_many_pixels_is_refused_before_decoding(tmp_path, 
     (tmp_path / "0" / "a.png").write_bytes(bomb_png(side, side))
     with pytest.raises(DatasetError, match=says):
         data.load(f"imagefolder:{tmp_path}")
+
+
+def test_source_pixels_are_bounded_before_decoding(tmp_path, monkeypatch):
+    """Loading counts the pixels each header claims, however small ?size= makes the output:
+    a reference past MAX_SOURCE_PIXELS is refused before the image that passes it is
+    decoded."""
+    from ppr_engine.data import sources
+
+    _tar(tmp_path / "big.tar.gz", [(f"{k}/{k}.png", _png((0, 0, 0)), "file") for k in range(3)])
+    side = 32  # _png's images
+    monkeypatch.setattr(sources, "MAX_SOURCE_PIXELS", 2 * side * side)
+    with pytest.raises(DatasetError, match="source pixels"):
+        data.load(f"imagefolder:{tmp_path / 'big.tar.gz'}?size=8")
+    monkeypatch.setattr(sources, "MAX_SOURCE_PIXELS", 3 * side * side)
+    assert len(data.load(f"imagefolder:{tmp_path / 'big.tar.gz'}?size=8")) == 3

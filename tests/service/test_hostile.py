@@ -64,8 +64,9 @@ CORPUS = [
     ("sweep points", lambda s: s["plan"]["retune"].update(sweep=[[5, 1]] * 200), "sweep"),
     ("methods", lambda s: s["plan"].update(methods=[{"name": "ft", "label": f"m{i}"}
                                                     for i in range(100)]), "methods"),
-    ("total work", lambda s: _method(s, {"name": "pam", "rounds": 20, "epochs": 500,
-                                         "scale_to": 100_000}), "estimated work"),
+    ("total work", lambda s: (s["model"].update(arch="resnet18_cifar"), _method(
+        s, {"name": "pam", "rounds": 20, "epochs": 500, "scale_to": 100_000})),
+     "estimated work"),
     ("blended bare path", lambda s: _trigger(s, {"attack": "blended", "image": "/etc/passwd"}),
      "image"),
     ("blended server path", lambda s: _trigger(s, {"attack": "blended",
@@ -319,3 +320,20 @@ def test_each_jobs_estimate_is_served_and_a_principals_active_work_is_capped(
         r = submit(c, small_checkpoint, spec)
         assert "PPR_MAX_ACTIVE_WORK" in r.json()["error"]["message"]
         assert "Retry-After" in r.headers
+
+
+def test_source_pixels_are_bounded_at_upload(tmp_path, monkeypatch):
+    """Decoding costs the source's pixels, whatever ?size= asks: an archive whose images
+    claim more source pixels in all than a reference may decode is refused at upload (it
+    was accepted, then cost the worker seconds per image; issue 34 item 4)."""
+    from ppr_engine.data import sources
+
+    monkeypatch.setattr(sources, "MAX_SOURCE_PIXELS", 3 * 32 * 32)
+    with TestClient(create_app(Settings(data_dir=tmp_path / "state",
+                                        submit_rate_per_min=0))) as c:
+        ok = c.post("/v1/datasets", files={"archive": ("a.tar.gz", _png_archive(1))})
+        assert ok.status_code == 201, ok.text  # 2 images of 32 x 32
+        r = c.post("/v1/datasets", files={"archive": ("b.tar.gz", _png_archive(2))})
+        assert r.status_code == 422, r.text
+        assert "source pixels" in r.json()["error"]["message"]
+        assert len(c.get("/v1/datasets").json()) == 1
