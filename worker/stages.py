@@ -29,7 +29,7 @@ from torch import nn
 from service.queue import Enqueuer
 from service.settings import Settings
 from service.store.artifacts import ArtifactStore
-from service.store.db import FINAL, JobStore
+from service.store.db import JobStore
 
 from .supervise import Finished, supervise
 
@@ -211,11 +211,11 @@ def run_stage_task(job_id: str, stage_id: str, *, settings: Settings, store: Job
                    final_attempt: bool, should_stop) -> str:
     """One delivery of a stage task (see the module)."""
     job = store.get(job_id)
-    if job is None or job.state in FINAL:
+    if job is None or job.state != "running":  # final, or released back to the queue
         return "skipped"
     claim = store.claim_stage(job_id, stage_id, worker, settings.lease_s)
     log.info("job %s: stage %s: claim by %s -> %s", job_id, stage_id, worker, claim)
-    if claim in ("finished", "missing"):
+    if claim in ("finished", "missing", "stale"):  # a stale message is dropped, never run
         return "skipped"
     if claim == "busy":
         raise Busy(stage_id)

@@ -440,22 +440,35 @@ class JobStore:
                                              JobStage.stage_id == stage_id).values(**values))
 
     def claim_stage(self, job_id: str, stage_id: str, worker: str, lease_s: float) -> str:
-        """Take a stage for `worker`: 'claimed', 'finished', 'busy' or 'missing' (as
-        `claim` for jobs: a running stage whose lease expired can be taken over)."""
+        """Take a stage for `worker`: 'claimed', 'finished', 'busy', 'stale' or 'missing'
+        (as `claim` for jobs: a running stage whose lease expired can be taken over).
+
+        Only a stage the scheduler sent may be claimed: a pending stage whose `dispatched`
+        flag is down was given back (its worker stopped) and is sent again once it is ready,
+        so a message still in the broker for it is stale and must not run it; neither may
+        one whose waits are not all final (its inputs are not there)."""
         t = now()
         with self.session() as s, s.begin():
+            st = s.get(JobStage, (job_id, stage_id))
+            if st is None:
+                return "missing"
+            if st.state in STAGE_FINAL:
+                return "finished"
+            waits = set(json.loads(st.waits))
+            final = set(s.scalars(select(JobStage.stage_id).where(
+                JobStage.job_id == job_id, JobStage.state.in_(STAGE_FINAL))).all())
+            if st.state == "pending" and (not st.dispatched or not waits <= final):
+                return "stale"
             res = s.execute(update(JobStage).where(
                 JobStage.job_id == job_id, JobStage.stage_id == stage_id,
-                or_(JobStage.state == "pending",
+                or_((JobStage.state == "pending") & JobStage.dispatched.is_(True),
                     (JobStage.state == "running") & (or_(JobStage.lease_until.is_(None),
                                                          JobStage.lease_until < t)))
             ).values(state="running", worker=worker, lease_until=t + dt.timedelta(
                 seconds=lease_s), attempts=JobStage.attempts + 1, started_at=t, error=None))
             if res.rowcount == 1:
                 return "claimed"
-            st = s.get(JobStage, (job_id, stage_id))
-            if st is None:
-                return "missing"
+            s.refresh(st)
             return "finished" if st.state in STAGE_FINAL else "busy"
 
     def renew_stage(self, job_id: str, stage_id: str, worker: str, lease_s: float) -> bool:

@@ -31,3 +31,32 @@ def test_the_filesystem_queue_writes_only_under_the_data_dir(tmp_path):
     assert list(cwd.iterdir()) == []
     assert any((state / "queue" / "out").iterdir()), "the message is in the queue folder"
     assert any((state / "queue" / "control").iterdir()), "so are the control files"
+
+
+def test_a_stale_stage_message_is_dropped_never_run(tmp_path):
+    """A stage given back when its worker stopped is pending with its dispatched flag down
+    until the scheduler sends it again; a message for it still in the broker (or one for
+    a stage whose inputs are not final) is stale: claiming it fails, so it never runs a
+    stage of a released job on missing inputs (issue 34 item 9)."""
+    from service.store.db import JobStore, migrate
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    migrate(url)
+    store = JobStore(url)
+    rows = [{"id": "evaluate", "kind": "evaluate", "needs": [], "waits": [], "cost": 1.0},
+            {"id": "purify:ft", "kind": "purify", "needs": ["evaluate"],
+             "waits": ["evaluate"], "cost": 2.0}]
+    store.create_job(job_id="j", principal="p", kind="audit", spec={}, checkpoint_name="m",
+                     checkpoint_sha256="0" * 64, checkpoint_key="k", stages=rows)
+    assert store.claim("j", "w1", 60) == "claimed"
+    assert store.claim_stage("j", "evaluate", "w1", 60) == "stale"  # never sent
+    assert store.ready_stages("j") == ["evaluate"]
+    assert store.claim_stage("j", "purify:ft", "w1", 60) == "stale"  # inputs not final
+    assert store.claim_stage("j", "evaluate", "w1", 60) == "claimed"
+    store.requeue_stage("j", "evaluate", "w1", "the worker was stopped")
+    assert store.claim_stage("j", "evaluate", "w2", 60) == "stale"  # the old message
+    assert store.ready_stages("j") == ["evaluate"]  # sent again
+    assert store.claim_stage("j", "evaluate", "w2", 60) == "claimed"
+    assert store.claim_stage("j", "evaluate", "w3", 60) == "busy"
+    assert store.finish_stage("j", "evaluate", "w2", "ok", result="{}")
+    assert store.claim_stage("j", "evaluate", "w3", 60) == "finished"
