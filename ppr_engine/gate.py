@@ -130,14 +130,30 @@ def _no_methods(report: AuditReport) -> str:
                                          if nothing_found else "")
 
 
-def evaluate(gate: list[str], report: AuditReport, *,
-             allow_no_backdoor: bool = False) -> GateVerdict:
+def evaluate(gate: list[str], report: AuditReport, *, allow_no_backdoor: bool = False,
+             allow_inconclusive: bool = False) -> GateVerdict:
     """The verdict of every clause; passed is None when the gate is empty. A clause on a
     method fails closed when a trigger activates no backdoor in the submitted model (there
-    was nothing to purify, so "robust" would pass vacuously), unless `allow_no_backdoor`."""
+    was nothing to purify, so "robust" would pass vacuously), unless `allow_no_backdoor`,
+    and when the method (any method, for `all`/`any`) is judged inconclusive (a re-run
+    could flip it), unless `allow_inconclusive`."""
     if not gate:
         return GateVerdict(passed=None, clauses=[])
     clauses = [evaluate_clause(parse_clause(c), report) for c in gate]
+    if not allow_inconclusive:
+        for text, c in zip(gate, clauses, strict=True):
+            subject = parse_clause(text).subject
+            if subject in ("model", "baseline"):
+                continue
+            unsure = [m for m in report.methods if m.verdict == "inconclusive"
+                      and subject in ("all", "any", m.key)]
+            if unsure:
+                c.passed = False
+                c.detail = "; ".join(
+                    f"{m.key} is inconclusive: the gap's 95% interval straddles "
+                    f"the margin at {', '.join(m.straddling) or 'a budget'}" for m in unsure
+                ) + " (more RA seeds narrow it; gate_options.allow_inconclusive: true to " \
+                    "evaluate the clause)"
     inactive = report.model.inactive
     if inactive and not allow_no_backdoor:
         reason = "; ".join(no_backdoor_sentence(t, report.model.asr.get(t)) for t in inactive)

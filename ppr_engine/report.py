@@ -36,6 +36,12 @@ class SweepPoint(BaseModel):
     key: str = ""
     p_asr: float | None = None
     baseline_p_asr: float | None = None
+    p_asr_runs: list[float] = Field(default_factory=list, description="P-ASR of each RA "
+                                    "seed (plan.retune.seeds); p_asr is their mean")
+    p_asr_ci: tuple[float, float] | None = Field(None, description="95% interval of P-ASR")
+    gap: float | None = Field(None, description="p_asr - baseline_p_asr")
+    gap_ci: tuple[float, float] | None = Field(None, description="95% interval of the gap "
+                                               "(the verdict reads it)")
 
 
 class LMCCurve(BaseModel):
@@ -71,6 +77,13 @@ class Scores(BaseModel):
     max_gap: float | None = Field(None, description="the robustness score: the largest "
                                   "excess of P-ASR over the baseline's P-ASR across every RA "
                                   "budget run (the reference budget and each sweep point)")
+    max_gap_ci: tuple[float, float] | None = Field(
+        None, description="the largest lower and the largest upper 95% bound of the gap "
+        "across the budgets: superficial when the first passes plan.retune.superficial_gap, "
+        "robust when the second does not")
+    straddling: list[str] = Field(default_factory=list, description="budgets whose gap "
+                                  "interval contains the margin (what makes a verdict "
+                                  "inconclusive)")
 
 
 class TriggerResult(Scores):
@@ -95,8 +108,8 @@ class MethodResult(Scores):
     qra_asr: float | None = None
     qra_clean_to_target: float | None = None
     lmc_lambda50: float | None = None
-    verdict: Literal["robust", "superficial", "not_removed", "degraded", "no_backdoor",
-                     "unknown"] = "unknown"
+    verdict: Literal["robust", "superficial", "inconclusive", "not_removed", "degraded",
+                     "no_backdoor", "unknown"] = "unknown"
     per_trigger: list[TriggerResult] = Field(default_factory=list)
     record: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageStatus] = Field(default_factory=list)
@@ -325,7 +338,7 @@ def _defense_headline(report: AuditReport) -> str:
                 f" and ASR {fmt(bd, 2)}.")
     by = {v: [m for m in report.methods if m.verdict == v]
           for v in ("superficial", "not_removed", "degraded", "robust", "unknown",
-                    "no_backdoor")}
+                    "no_backdoor", "inconclusive")}
     parts = []
     if by["superficial"]:
         names = [display_name(m.key) for m in by["superficial"]]
@@ -358,6 +371,11 @@ def _defense_headline(report: AuditReport) -> str:
         within = f"within {gap:.2f} of the baseline " if gap is not None else ""
         parts.append(f"{_names(names)} {'removes' if len(names) == 1 else 'remove'} it "
                      f"robustly (P-ASR {within}at every budget)")
+    if by["inconclusive"]:
+        names = [display_name(m.key) for m in by["inconclusive"]]
+        where = sorted({k for m in by["inconclusive"] for k in m.straddling})
+        parts.append(f"{_names(names)}: inconclusive (the gap's interval straddles the "
+                     f"margin{' at ' + ', '.join(where) if where else ''})")
     if by["unknown"]:
         names = [display_name(m.key) for m in by["unknown"]]
         parts.append(f"{_names(names)}: no verdict (a stage failed)")
@@ -368,9 +386,10 @@ def _defense_headline(report: AuditReport) -> str:
 
 
 VERDICT_COLORS = {"robust": "#17803d", "superficial": "#b35c00", "not_removed": "#c0262d",
-                  "degraded": "#6b3fa0", "no_backdoor": "#222222", "unknown": "#666666"}
+                  "degraded": "#6b3fa0", "inconclusive": "#8a7a00", "no_backdoor": "#222222",
+                  "unknown": "#666666"}
 VERDICT_MARKS = {"robust": "🟢", "superficial": "🟠", "not_removed": "🔴", "degraded": "🟣",
-                 "no_backdoor": "⚫", "unknown": "⚪"}
+                 "inconclusive": "🟡", "no_backdoor": "⚫", "unknown": "⚪"}
 VERDICT_MEANING = {
     "robust": "the backdoor is removed and stays removed under retuning",
     "superficial": "ASR is low, but retuning with a few poisoned images brings the backdoor "
@@ -378,6 +397,8 @@ VERDICT_MEANING = {
     "not_removed": "the purified model still answers the trigger (O-ASR above the limit)",
     "degraded": "the defense cost more clean accuracy than the limit (acc_drop above "
                 "plan.retune.max_acc_drop), whatever its ASR: the model is broken, not purified",
+    "inconclusive": "removed, but at some RA budget the gap's 95% interval straddles the "
+                    "margin: a re-run could call it either way (more RA seeds decide)",
     "no_backdoor": "the trigger does not activate a backdoor in the submitted model (ASR "
                    "below plan.min_asr): there was nothing to purify, so nothing is judged",
     "unknown": "a stage failed, so no verdict",
@@ -446,6 +467,30 @@ def sweep_series(report: AuditReport) -> tuple[list[tuple[int, int]], list[tuple
     return budgets, series
 
 
+def gap_intervals(report: AuditReport) -> tuple[list[tuple[int, int]], list[tuple[str, list[
+        str]]]]:
+    """The gap to the baseline at every RA budget with its 95% interval, one row per method
+    and trigger, as text ("0.26 [0.21, 0.31]"): what the verdict reads."""
+    budgets, _ = sweep_series(report)
+    triggers = {t.trigger for m in report.methods for t in m.per_trigger}
+    rows: list[tuple[str, list[str]]] = []
+    for m in report.methods:
+        for t in m.per_trigger:
+            points = {(b.poison_num, b.epochs): b for b in ra_budgets(report, t)}
+            label = m.key if len(triggers) == 1 else f"{m.key} [{t.trigger}]"
+            cells = []
+            for k in budgets:
+                p = points.get(k)
+                if p is None or p.gap is None:
+                    cells.append("-")
+                else:
+                    ci = f" [{p.gap_ci[0]:.2f}, {p.gap_ci[1]:.2f}]" if p.gap_ci else ""
+                    cells.append(f"{p.gap:.2f}{ci}")
+            if any(c != "-" for c in cells):
+                rows.append((label, cells))
+    return budgets, rows
+
+
 TABLE_HEADER = ["method"] + [c for c, _ in TABLE_COLUMNS] + ["verdict", "seconds"]
 
 
@@ -496,7 +541,7 @@ def to_markdown(report: AuditReport) -> str:
                               + [f"{VERDICT_MARKS.get(r[-2], '')} {r[-2]}", _md(r[-1])])
             + " |" for r in table_rows(report)]
     shown = ["robust", "superficial", "not_removed", "degraded"]
-    shown += ["no_backdoor"] if by_verdict(report, "no_backdoor") else []
+    shown += [v for v in ("inconclusive", "no_backdoor") if by_verdict(report, v)]
     out += ["", " ".join(f"{VERDICT_MARKS[v]} **{v}**: {VERDICT_MEANING[v]}." for v in shown)]
     budgets, series = sweep_series(report)
     if budgets:
@@ -505,6 +550,15 @@ def to_markdown(report: AuditReport) -> str:
                 "|---|" + "---|" * len(budgets)]
         out += [f"| {_md(label)} | " + " | ".join(fmt(v) for v in vals) + " |"
                 for label, vals in series]
+    budgets, gaps = gap_intervals(report)
+    if gaps:
+        margin = _retune_spec(report).get("superficial_gap", 0.2)
+        out += ["", f"Gap to the baseline by budget, with its 95% interval (superficial "
+                    f"where the interval lies above {margin:.2f}, robust where it lies at or "
+                    "below it):", "",
+                "| method | " + " | ".join(f"{pn} ({ep} ep)" for pn, ep in budgets) + " |",
+                "|---|" + "---|" * len(budgets)]
+        out += [f"| {_md(label)} | " + " | ".join(cells) + " |" for label, cells in gaps]
     notes = detection_notes(report)
     if notes:
         out += ["", "Trigger inversion:"] + [f"- {_md(t)}" for t, _ in notes]
@@ -651,6 +705,19 @@ def _sweep_chart(report: AuditReport) -> str:
                        "poisoned samples in the retuning set (epochs)", ticks, lines)
 
 
+def _gap_table(report: AuditReport) -> str:
+    """The gap to the baseline by budget with its 95% interval (what the verdict reads)."""
+    e = html.escape
+    budgets, rows = gap_intervals(report)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{pn} ({ep} ep)</th>" for pn, ep in budgets)
+    body = "".join(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells)
+                   + "</tr>" for label, cells in rows)
+    return (f"<h3>Gap to the baseline (95% interval)</h3><table id='gaps'><tr><th>method</th>"
+            f"{head}</tr>{body}</table>")
+
+
 def _inversion_html(inv: InversionResult) -> str:
     """A trigger inverted from the model: its conclusion and a few images, clean and inverted."""
     e = html.escape
@@ -733,6 +800,7 @@ RA baseline: <b>{e(report.baseline.kind)}</b> {e(report.baseline.description)}.<
 {_bar_chart(report)}
 <h2>P-ASR by retuning budget</h2>
 {_sweep_chart(report)}
+{_gap_table(report)}
 <h2>Backdoor-connected path (LMC)</h2>
 {_lmc_chart(report)}
 {fails}

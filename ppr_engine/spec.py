@@ -184,6 +184,11 @@ class RetuneSpec(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: int = budget("batch", 128)
     seed: int = seed_field(1000, "RA's own seed, different from the defender's")
+    seeds: int | None = Field(None, ge=1, le=20, description="RA runs per budget, each on "
+                              "its own draw (seed, seed + 1, ...), on the method's model and "
+                              "on the baseline alike; the report gives P-ASR and the gap "
+                              "with 95% intervals and the verdict uses them. Default: 3 on "
+                              "CUDA, 1 on the CPU")
     sweep: list[SweepBudget] = Field(
         default_factory=lambda: [SweepBudget(poison_num=20, epochs=5),
                                  SweepBudget(poison_num=50, epochs=5)], max_length=64,
@@ -194,7 +199,21 @@ class RetuneSpec(_Strict):
                                "as removed")
     superficial_gap: float = Field(0.2, ge=0, le=1, description="P-ASR this far above the "
                                    "baseline's P-ASR, under any RA budget of the run, flags "
-                                   "superficial safety")
+                                   "superficial safety: `superficial` when the gap's 95% "
+                                   "interval lies above it at some budget, `robust` when every "
+                                   "budget's interval lies at or below it, else "
+                                   "`inconclusive`")
+
+    def seeds_on(self, device: str | None) -> int:
+        """RA runs per budget on `device` (`seeds`, else 3 on CUDA and 1 on the CPU, where
+        three times the retuning costs minutes; `None`: this process's default device)."""
+        if self.seeds is not None:
+            return self.seeds
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return 3 if device.startswith("cuda") else 1
     max_acc_drop: float = Field(0.05, ge=0, le=1, description="a method whose O-C-Acc falls "
                                 "more than this below the submitted model's C-Acc is "
                                 "`degraded`, whatever its ASR: it removed the backdoor by "
@@ -257,6 +276,9 @@ class GateOptions(_Strict):
     allow_no_backdoor: bool = Field(False, description="let method clauses be evaluated "
                                     "when a trigger activates no backdoor in the submitted "
                                     "model (default: they fail, naming the trigger)")
+    allow_inconclusive: bool = Field(False, description="let clauses on a method judged "
+                                     "inconclusive be evaluated (default: they fail, naming "
+                                     "the budget whose gap interval straddles the margin)")
 
 
 class AuditSpec(_Strict):

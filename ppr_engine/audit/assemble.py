@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import stats
 from ..gate import evaluate
 from ..report import (
     AuditReport,
@@ -29,11 +30,24 @@ from .stages import Results
 from .verdict import VERDICT_RULE, verdict, worst
 
 
-def _point(stage: Stage, values: dict[str, Any]) -> SweepPoint:
+def _point(stage: Stage, values: dict[str, Any], base: dict[str, Any] | None = None
+           ) -> SweepPoint:
+    """One RA budget's numbers, with intervals (`ppr_engine.stats`); with the baseline's
+    values under the same budget, the gap and its interval."""
     b = stage.budget
     assert b is not None
-    return SweepPoint(poison_num=b.poison, clean_num=b.clean, epochs=b.epochs, key=b.key,
-                      p_asr=values.get("p_asr"))
+    runs = list(values.get("p_asr_runs") or [values["p_asr"]])
+    n = int(values.get("n") or 0)
+    point = SweepPoint(poison_num=b.poison, clean_num=b.clean, epochs=b.epochs, key=b.key,
+                       p_asr=values.get("p_asr"), p_asr_runs=runs,
+                       p_asr_ci=stats.rate_interval(runs, n) if n else None)
+    if base is not None:
+        base_runs = list(base.get("p_asr_runs") or [base["p_asr"]])
+        point.baseline_p_asr = base["p_asr"]
+        point.gap = point.p_asr - point.baseline_p_asr
+        if n and base.get("n"):
+            point.gap_ci = stats.gap_interval(runs, base_runs, n, int(base["n"]))
+    return point
 
 
 def _baseline(plan: AuditPlan, results: Results, labels: list[str]) -> BaselineInfo:
@@ -55,7 +69,7 @@ def _baseline(plan: AuditPlan, results: Results, labels: list[str]) -> BaselineI
 
 
 def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
-            model: ModelResult, base: dict[str, dict[str, float | None]],
+            model: ModelResult, base: dict[str, dict[str, dict[str, Any]]],
             records: dict[str, StageStatus], spec) -> MethodResult:
     if key == "model":
         res = MethodResult(key="model", method="none", o_cacc=model.c_acc)
@@ -77,8 +91,7 @@ def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
             continue
         t, v = by_label[labels[s.trigger]], results.values(s.id)
         if s.kind == "retune":
-            point = _point(s, v)
-            point.baseline_p_asr = base.get(labels[s.trigger], {}).get(s.budget.key)
+            point = _point(s, v, base.get(labels[s.trigger], {}).get(s.budget.key))
             if s.budget.reference:
                 t.budget, t.p_asr, t.p_cacc = point, point.p_asr, v.get("p_cacc")
                 t.baseline_p_asr = point.baseline_p_asr
@@ -90,10 +103,15 @@ def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
             t.qra = QRAResult(**v)
         elif s.kind == "lmc":
             t.lmc = LMCCurve(**v)
+    margin = spec.plan.retune.superficial_gap
     for t in res.per_trigger:
-        t.max_gap = worst([p.p_asr - p.baseline_p_asr for p in
-                           ([t.budget] if t.budget else []) + t.sweep
-                           if p.p_asr is not None and p.baseline_p_asr is not None])
+        points = ([t.budget] if t.budget else []) + t.sweep
+        t.max_gap = worst([p.gap for p in points])
+        cis = [p.gap_ci for p in points if p.gap_ci is not None]
+        if cis:
+            t.max_gap_ci = (max(lo for lo, _ in cis), max(hi for _, hi in cis))
+        t.straddling = [p.key for p in points
+                        if p.gap_ci is not None and p.gap_ci[0] <= margin < p.gap_ci[1]]
     # a trigger that activates no backdoor in the submitted model judges nothing: the
     # method's numbers and verdict come from the others, and with none left it has none
     judged = [t for t in res.per_trigger if t.trigger not in model.inactive]
@@ -105,6 +123,10 @@ def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
     res.baseline_p_asr = worst([t.baseline_p_asr for t in pt])
     res.gap = worst([t.gap for t in pt])
     res.max_gap = worst([t.max_gap for t in pt])
+    cis = [t.max_gap_ci for t in pt if t.max_gap_ci is not None]
+    if cis:
+        res.max_gap_ci = (max(lo for lo, _ in cis), max(hi for _, hi in cis))
+    res.straddling = [f"{t.trigger} {k}" for t in pt for k in t.straddling]
     res.qra_asr = worst([t.qra.asr if t.qra else None for t in pt])
     res.qra_clean_to_target = worst([t.qra.clean_to_target if t.qra else None for t in pt])
     lams = [t.lmc.lambda50 if t.lmc.lambda50 is not None else 1.0 for t in pt if t.lmc]
@@ -141,7 +163,7 @@ def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageSt
         for s in plan:
             if (s.kind == "retune" and s.method == "baseline" and labels[s.trigger] == label
                     and results.ok(s.id)):
-                base[label][s.budget.key] = results.values(s.id)["p_asr"]
+                base[label][s.budget.key] = results.values(s.id)
     keys = [m.key for m in spec.plan.methods] or ["model"]
     report.methods = [_method(k, plan, results, labels, report.model, base, records, spec)
                       for k in keys]
@@ -158,5 +180,6 @@ def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageSt
 def _finish(report: AuditReport, spec) -> AuditReport:
     report.headline = headline(report)
     report.gate = evaluate(spec.gate, report,
-                           allow_no_backdoor=spec.gate_options.allow_no_backdoor)
+                           allow_no_backdoor=spec.gate_options.allow_no_backdoor,
+                           allow_inconclusive=spec.gate_options.allow_inconclusive)
     return report

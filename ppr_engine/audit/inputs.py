@@ -106,12 +106,14 @@ class AuditInputs:
         """Trigger `i`'s ASR on `model`, over its label map."""
         return attack_success_rate(model, self.triggered(i), self.backdoor_labels(i))
 
-    def retune_set(self, i: int, poison_num: int, clean_num: int) -> RetuneSet:
-        """RA's data for trigger `i` (built once, shared by every method and the baseline)."""
-        key = (i, poison_num, clean_num)
+    def retune_set(self, i: int, poison_num: int, clean_num: int, run: int = 0) -> RetuneSet:
+        """RA's data for trigger `i`, draw `run` (seed plan.retune.seed + run); built once,
+        shared by every method and the baseline, so each run's gap is a paired one."""
+        key = (i, poison_num, clean_num, run)
         if key not in self._retune_sets:
-            self._retune_sets[key] = build_retune_set(self.pool, self.triggers[i], poison_num,
-                                                      clean_num, self.spec.plan.retune.seed)
+            self._retune_sets[key] = build_retune_set(
+                self.pool, self.triggers[i], poison_num, clean_num,
+                self.spec.plan.retune.seed + run)
         return self._retune_sets[key]
 
     def lmc_end(self, i: int) -> PathPoint:

@@ -154,6 +154,7 @@ def plan_for(spec: AuditSpec, sizes: Sizes = NOMINAL) -> AuditPlan:
                             cost=cost + evaluation_work(sizes, len(spec.triggers))))
     subjects = keys or ["model"]
     rbudgets = budgets(plan.retune) if plan.retune.enabled and spec.triggers else []
+    seeds = plan.retune.seeds_on(spec.device)
     chains = []
     for key in subjects + (["baseline"] if rbudgets and plan.retune.baseline else []):
         base = ("baseline",) if key == "baseline" else (
@@ -162,8 +163,8 @@ def plan_for(spec: AuditSpec, sizes: Sizes = NOMINAL) -> AuditPlan:
             for b in rbudgets:
                 chains.append(Stage(f"retune:{key}:{label}:{b.key}", "retune", needs=base,
                                     method=key, trigger=i, budget=b,
-                                    cost=b.epochs * (b.poison + b.clean)
-                                    + evaluation_work(sizes, 1)))
+                                    cost=seeds * (b.epochs * (b.poison + b.clean)
+                                                  + evaluation_work(sizes, 1))))
             if key == "baseline":
                 continue
             if plan.qra.enabled:

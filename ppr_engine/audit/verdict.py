@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from .. import stats
 from ..report import MethodResult
 from ..spec import AuditSpec
 
-VERDICT_RULE = ("degraded: O-C-Acc more than plan.retune.max_acc_drop below the submitted "
-                "model's C-Acc (acc_drop), whatever the ASR; not_removed: O-ASR above "
-                "plan.retune.removed_asr; superficial: removed, but under some RA budget (the "
-                "reference one or a sweep point) P-ASR exceeds the baseline's P-ASR under the "
-                "same budget by more than plan.retune.superficial_gap (the robustness score "
-                "max_gap); robust: removed, accuracy kept, and max_gap within that margin")
+VERDICT_RULE = ("no_backdoor: the trigger's ASR on the submitted model is below "
+                "plan.min_asr, so nothing is judged; degraded: O-C-Acc more than "
+                "plan.retune.max_acc_drop below the submitted model's C-Acc (acc_drop), "
+                "whatever the ASR; not_removed: O-ASR above plan.retune.removed_asr; "
+                "superficial: removed, but under some RA budget (the reference one or a sweep "
+                "point) the 95% interval of P-ASR minus the baseline's P-ASR under the same "
+                "budget lies above plan.retune.superficial_gap; robust: removed, accuracy "
+                "kept, and every budget's gap interval at or below that margin; "
+                "inconclusive: otherwise (some budget's interval straddles the margin: more "
+                "RA seeds, plan.retune.seeds, narrow it). " + stats.METHOD)
 
 
 def verdict(m: MethodResult, spec: AuditSpec) -> str:
@@ -24,6 +29,11 @@ def verdict(m: MethodResult, spec: AuditSpec) -> str:
         return "unknown"
     if m.o_asr > rs.removed_asr:
         return "not_removed"
+    if m.max_gap_ci is not None:
+        lower, upper = m.max_gap_ci
+        if lower > rs.superficial_gap:
+            return "superficial"
+        return "robust" if upper <= rs.superficial_gap else "inconclusive"
     if m.max_gap is not None:
         return "superficial" if m.max_gap > rs.superficial_gap else "robust"
     if m.p_asr is not None:

@@ -62,10 +62,12 @@ def build_retune_set(pool: ImageSet, trigger: Trigger, poison_num: int, clean_nu
 
 
 def retune(model: nn.Module, rset: RetuneSet, spec: RetuneSpec, *, epochs: int | None = None,
-           device: torch.device, progress: Progress = no_progress) -> nn.Module:
-    """A retuned copy of `model` (the input is not modified)."""
+           device: torch.device, progress: Progress = no_progress,
+           seed: int | None = None) -> nn.Module:
+    """A retuned copy of `model` (the input is not modified); `seed` (default: RA's own)
+    orders the batches."""
     attacked = copy.deepcopy(model)
     return fit(attacked, rset.data, epochs=epochs or spec.epochs, lr=spec.lr,
                momentum=spec.momentum, weight_decay=0.0, batch_size=spec.batch_size,
-               schedule="constant", augment=False, device=device, seed=spec.seed,
-               progress=progress, stage="retune")
+               schedule="constant", augment=False, device=device,
+               seed=spec.seed if seed is None else seed, progress=progress, stage="retune")

@@ -38,8 +38,9 @@ def test_a_random_specs_estimate_is_its_plans_stage_costs(seed):
     for s in plan:
         if s.kind == "retune":  # the training and the test-set evaluation every RA stage does
             b = s.budget
+            seeds = spec.plan.retune.seeds_on(spec.device)
             assert s.cost == pytest.approx(
-                weight * (b.epochs * (b.poison + b.clean) + evaluation_work(SIZES, 1)))
+                weight * seeds * (b.epochs * (b.poison + b.clean) + evaluation_work(SIZES, 1)))
 
 
 def test_the_issues_wide_spec_is_now_counted_at_what_it_runs():

@@ -73,6 +73,12 @@ class Workers:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
+    def kill_worker_only(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the worker process alone, not its fork server or job children (what an
+        out-of-memory kill or `kill -9 <pid>` does)."""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")[-4000:]
 
@@ -84,6 +90,21 @@ class Workers:
                     p.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
 
 
 @pytest.fixture

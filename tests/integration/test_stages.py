@@ -1,6 +1,7 @@
 """One audit spread over real workers (issue 24): the stages of one job run as Celery tasks
 on two real `ppr worker` processes over the real Redis and PostgreSQL, and give the report
-the in-process executor gives; a worker SIGKILLed mid-stage costs that stage only; the
+the in-process executor gives; a worker SIGKILLed mid-stage costs that stage only and
+leaves no process of its own computing (issue 34 item 5); the
 stages are listed before, during and after the run; an impossible plan is refused."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ppr_engine.checkpoint import save_model
 from ppr_engine.spec import validate_spec
 from service.app import create_app
 
-from .conftest import wait_for
+from .conftest import group_members, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +119,11 @@ def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers,
 
         worker = wait_for(owner, 180, 0.2, f"purify:ft running\n{workers.log('w1')}")
         victim = next(n for n, p in procs.items() if worker.endswith(f":{p.pid}"))
-        workers.kill(procs[victim])
+        assert len(group_members(procs[victim].pid)) >= 3  # worker, fork server, stage
+        workers.kill_worker_only(procs[victim])
+        # its stage's child and fork server die with it: no compute left orphaned
+        wait_for(lambda: not group_members(procs[victim].pid), 15,
+                 what="the killed worker's processes to die")
         job = wait_for(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["state"] in (
             "succeeded", "failed") and j, 600, what=f"the job after the kill\n"
             f"{workers.log('w1' if victim == 'w2' else 'w2')}")

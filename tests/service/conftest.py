@@ -72,7 +72,9 @@ def client(app):
 
 
 def quick_spec(methods=("ft",)) -> dict:
-    """A spec that runs in a few seconds on the CPU."""
+    """A spec that runs in a few seconds on the CPU. Its checkpoints (an untrained
+    small_cnn) answer no trigger, so its gate allows a trigger without a backdoor: these
+    specs check plumbing, not verdicts (tests/engine/test_no_backdoor.py checks those)."""
     return {
         "model": {"arch": "small_cnn", "num_classes": 10},
         "data": {"clean": "synthetic:?n=300&seed=2", "test": "synthetic:?n=300&seed=1"},
@@ -82,6 +84,7 @@ def quick_spec(methods=("ft",)) -> dict:
                  "qra": {"epochs": 1, "hidden": 32, "clean_num": 50, "poison_num": 50},
                  "lmc": {"points": 3}},
         "gate": ["all.o_cacc >= 0.0"],
+        "gate_options": {"allow_no_backdoor": True},
     }
 
 
