@@ -59,8 +59,8 @@ train)
   wait
   echo "trained at $(elapsed)s" >>"$logs/timeline.txt"
   for attack in badnets blended; do
-    [ -f "/tmp/ckpt/$attack-fp16.safetensors" ] &&
-      split -b 15M -d "/tmp/ckpt/$attack-fp16.safetensors" "$out/$attack-fp16.part"
+    [ -f "/tmp/ckpt/$attack-0-fp16.safetensors" ] &&
+      split -b 15M -d "/tmp/ckpt/$attack-0-fp16.safetensors" "$out/$attack-fp16.part"
   done
   ;;
 audit)
