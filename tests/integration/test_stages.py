@@ -7,6 +7,8 @@ stages are listed before, during and after the run; an impossible plan is refuse
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 from fastapi.testclient import TestClient
@@ -134,6 +136,35 @@ def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers,
     assert all(r.attempts == 1 for sid, r in rows.items() if sid != "purify:ft"), \
         {sid: r.attempts for sid, r in rows.items()}  # ... and nothing else did
     assert all(r.state == "ok" for r in rows.values())
+
+
+def test_a_sigterm_restart_leaves_no_stage_running_and_runs_nothing_stale(
+        dist_settings, workers, bd3):
+    """SIGTERM a worker mid-stage, then start another (a rolling restart): the stage goes
+    back to pending and is sent again, the old message is dropped, and the job completes
+    with every stage `ok`, none left `running`, no stage run on missing inputs (issue 34
+    item 9)."""
+    spec = json.loads(json.dumps(SPEC))
+    spec["plan"]["methods"][0]["epochs"] = 20
+    with TestClient(create_app(dist_settings)) as client:
+        first = workers.start("w1")
+        wait_for(lambda: _both_alive(client, 1), 90, what="the worker's heartbeat")
+        job_id = _submit(client, bd3, spec)
+        store = client.app.state.store
+        wait_for(lambda: (r := store.stage(job_id, "purify:ft")).state == "running"
+                 and r.progress > 0.05, 180, 0.2, f"purify:ft running\n{workers.log('w1')}")
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(timeout=60)
+        assert not group_members(first.pid)  # it stopped its stage's child on the way out
+        assert store.stage(job_id, "purify:ft").state == "pending"  # given back
+        workers.start("w2")
+        job = wait_for(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["state"] in (
+            "succeeded", "failed") and j, 600, what=f"the job after the restart\n"
+            f"{workers.log('w2')}")
+        rows = store.stages(job_id)
+    assert job["state"] == "succeeded", job
+    assert all(r.state == "ok" for r in rows), [(r.stage_id, r.state, r.error) for r in rows]
+    assert "KeyError" not in workers.log("w2")
 
 
 def test_an_impossible_plan_is_refused_naming_the_stage(dist_settings, small_checkpoint):
