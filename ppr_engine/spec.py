@@ -193,7 +193,10 @@ class RetuneSpec(_Strict):
         default_factory=lambda: [SweepBudget(poison_num=20, epochs=5),
                                  SweepBudget(poison_num=50, epochs=5)], max_length=64,
         description="further RA budgets for a P-ASR curve, each {poison_num, epochs} or a "
-        "[poison_num, epochs] pair; each point feeds the verdict (max_gap)")
+        "[poison_num, epochs] pair; each point feeds the verdict (max_gap)",
+        json_schema_extra=lambda schema: schema.update(items={"anyOf": [schema["items"], {
+            "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 200_000},
+            "minItems": 2, "maxItems": 2, "description": "[poison_num, epochs]"}]}))
     baseline: bool = Field(True, description="run the same budget on the baseline model")
     removed_asr: float = Field(0.2, ge=0, le=1, description="O-ASR at or below this counts "
                                "as removed")

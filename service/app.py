@@ -69,23 +69,49 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
     app.add_api_route("/purify", jobs.submit_purify, methods=["POST"], status_code=202,
                       response_model=jobs.JobAccepted, operation_id="submit_purify_alias",
                       openapi_extra=jobs.MULTIPART, tags=["jobs"], responses=jobs.ERRORS)
-    _publish_spec_schema(app)
+    _complete_openapi(app)
     return app
 
 
-def _publish_spec_schema(app: FastAPI) -> None:
-    """Add the AuditSpec schema to the OpenAPI components (the multipart field refers to
-    it), so generated clients and the committed spec carry the request schema."""
+PUBLIC = {"/healthz", "/readyz", "/metrics"}  # no bearer token (metrics has its own)
+
+
+def _complete_openapi(app: FastAPI) -> None:
+    """What generated clients need beyond FastAPI's document: the AuditSpec and
+    AuditReport schemas in the components (the multipart field and the report refer to
+    them), the bearer scheme on every protected operation, the Location header of a 202,
+    and the Idempotency-Key header as an optional string (a nullable header made clients
+    send "None")."""
+    from ppr_engine.report import AuditReport
+
     original = app.openapi
 
     def openapi():
         if app.openapi_schema:
             return app.openapi_schema
         schema = original()
-        spec = jobs.spec_schema()
-        comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        comps.update(spec.pop("$defs", {}))
-        comps["AuditSpec"] = spec
+        comps = schema.setdefault("components", {})
+        schemas = comps.setdefault("schemas", {})
+        for name, model_schema in (("AuditSpec", jobs.spec_schema()), ("AuditReport",
+                                   AuditReport.model_json_schema(
+                                       ref_template="#/components/schemas/{model}"))):
+            schemas.update(model_schema.pop("$defs", {}))
+            schemas[name] = model_schema
+        schemas["AuditSpec"]["examples"] = [jobs.EXAMPLE_SPEC]
+        comps["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "Authorization: Bearer <token> (PPR_TOKENS); a service without "
+                           "tokens is local single-user and ignores it"}}
+        for path, ops in schema["paths"].items():
+            for op in ops.values():
+                if path not in PUBLIC:
+                    op["security"] = [{"bearer": []}]
+                for param in op.get("parameters", []):
+                    if param.get("in") == "header" and param["name"] == "Idempotency-Key":
+                        param["schema"] = {"type": "string", "minLength": 1, "maxLength": 255}
+                if "202" in op.get("responses", {}):
+                    op["responses"]["202"]["headers"] = {"Location": {
+                        "description": "the job's URL", "schema": {"type": "string"}}}
         app.openapi_schema = schema
         return schema
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from .store.db import Dataset, Job
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StageState = Literal["pending", "running", "ok", "failed", "skipped", "cancelled"]
 
 
 class Links(BaseModel):
@@ -31,8 +34,8 @@ class JobView(BaseModel):
     """A job's status."""
 
     id: str
-    kind: str
-    state: str
+    kind: Literal["audit", "purify"]
+    state: JobState
     stage: str
     progress: float
     message: str
@@ -79,7 +82,7 @@ class StageView(BaseModel):
 
     id: str = Field(..., description="stable id, e.g. purify:pam or retune:pam:badnets->0:20x5")
     kind: str
-    state: str = Field(..., description="pending, running, ok, failed, skipped or cancelled")
+    state: StageState
     needs: list[str]
     attempts: int
     started_at: dt.datetime | None = None
@@ -100,7 +103,7 @@ class JobAccepted(BaseModel):
     """The answer to a submission."""
 
     id: str
-    state: str
+    state: JobState
     url: str
 
 

@@ -40,8 +40,7 @@ MULTIPART = {"requestBody": {"required": True, "content": {"multipart/form-data"
         "checkpoint": {"type": "string", "format": "binary",
                        "description": ".safetensors (preferred) or .pt/.pth/.bin, loaded "
                                       "weights-only"},
-        "spec": {"type": "string", "description": "the AuditSpec as JSON "
-                 "(#/components/schemas/AuditSpec)", "example": EXAMPLE_SPEC}}},
+        "spec": {"$ref": "#/components/schemas/AuditSpec"}}},
     "encoding": {"spec": {"contentType": "application/json"}}}}}}
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422,
                                                   429, 503)}
@@ -56,7 +55,9 @@ KeyHeader = Annotated[str | None, Header(
 def _accepted(done: Accepted, response: Response) -> JobAccepted:
     if done.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobAccepted(id=done.job_id, state=done.state, url=f"/v1/jobs/{done.job_id}")
+    url = f"/v1/jobs/{done.job_id}"
+    response.headers["Location"] = url
+    return JobAccepted(id=done.job_id, state=done.state, url=url)
 
 
 @router.post("/audits", status_code=202, response_model=JobAccepted, operation_id="submit_audit",
@@ -141,8 +142,10 @@ def job_stages(job_id: str, principal: Principal, store: StoreDep) -> list[Stage
     return [StageView.of(st) for st in store.stages(job_id)]
 
 
-@router.get("/jobs/{job_id}/events", operation_id="job_events", responses={
-    200: {"content": {"text/event-stream": {}}, "description": "server-sent events: one "
+@router.get("/jobs/{job_id}/events", operation_id="job_events", response_class=StreamingResponse,
+            responses={
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "server-sent events: one "
           "`job` event (a JobView as JSON) per change of the job and one `stage` event (a "
           "StageView) per change of a stage's state, until the job is final"}, **ERRORS})
 async def job_events(job_id: str, request: Request, principal: Principal, store: StoreDep,
@@ -190,8 +193,13 @@ def cancel_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
     return JobView.of(job)
 
 
-@router.get("/jobs/{job_id}/report", operation_id="get_report", responses={
-    200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, **ERRORS})
+@router.get("/jobs/{job_id}/report", operation_id="get_report", response_class=Response,
+            responses={200: {"description": "the report (format=json: an AuditReport)",
+                             "content": {
+                                 "application/json": {"schema": {
+                                     "$ref": "#/components/schemas/AuditReport"}},
+                                 "text/markdown": {"schema": {"type": "string"}},
+                                 "text/html": {"schema": {"type": "string"}}}}, **ERRORS})
 def get_report(job_id: str, principal: Principal, store: StoreDep, artifacts: ArtifactsDep,
                format: Literal["json", "md", "html"] = "json") -> Response:
     """The report of a finished job as JSON, Markdown or self-contained HTML."""
@@ -203,8 +211,10 @@ def get_report(job_id: str, principal: Principal, store: StoreDep, artifacts: Ar
     return Response(artifacts.path(key).read_bytes(), media_type=MEDIA_TYPES[format])
 
 
-@router.get("/jobs/{job_id}/artifacts/{name}", operation_id="get_artifact", responses={
-    200: {"content": {"application/octet-stream": {}}}, **ERRORS})
+@router.get("/jobs/{job_id}/artifacts/{name}", operation_id="get_artifact",
+            response_class=Response, responses={
+    200: {"description": "the artifact's bytes", "content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}, **ERRORS})
 def get_artifact(job_id: str, name: str, principal: Principal, store: StoreDep,
                  artifacts: ArtifactsDep) -> FileResponse:
     """A job's artifact (e.g. `purified.safetensors`)."""

@@ -34,7 +34,7 @@ def test_audit_end_to_end(client, app, small_checkpoint):
     r = submit(client, small_checkpoint, quick_spec(["ft", "fst"]))
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    assert r.json()["url"] == f"/v1/jobs/{job_id}"
+    assert r.json()["url"] == f"/v1/jobs/{job_id}" == r.headers["Location"]
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "queued" and job["attempts"] == 0
     assert job["checkpoint_sha256"] == ckpt_mod.sha256_file(small_checkpoint)
