@@ -496,8 +496,9 @@ TABLE_HEADER = ["method"] + [c for c, _ in TABLE_COLUMNS] + ["verdict", "seconds
 
 def _md(text: object) -> str:
     """User-supplied text (method labels, file names, error messages) for Markdown outside
-    a code span: CI pages render Markdown's raw HTML, so `<` and `&` are escaped."""
-    return html.escape(str(text), quote=False)
+    a code span: CI pages render Markdown's raw HTML, so `&` and `<` (which every tag and
+    entity starts with) are escaped; `>` alone starts nothing and stays, as in badnets->3."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;")
 
 
 def _code(text: object) -> str:
