@@ -29,7 +29,7 @@ class ProgressWriter:
                  started: float | None = None) -> None:
         self.store, self.job_id, self.worker, self.settings = store, job_id, worker, settings
         self.started = time.monotonic() if started is None else started
-        self.last = 0.0
+        self.last = self.stage_written = 0.0
         self.stage = ""
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
@@ -47,6 +47,14 @@ class ProgressWriter:
                                       message=message)
         if cancel:
             raise Cancelled(f"job {self.job_id} was cancelled")
+
+    def stage_progress(self, stage_id: str, fraction: float) -> None:
+        """The running stage's own progress, in its row (throttled like the job's), so the
+        stage view moves while a long stage runs, not only when it ends."""
+        now = time.monotonic()
+        if now - self.stage_written >= self.settings.progress_interval_s:
+            self.stage_written = now
+            self.store.record_stage(self.job_id, stage_id, progress=fraction)
 
 
 STATES = {"ok": "ok", "failed": "failed", "skipped": "skipped", "running": "running"}
@@ -78,10 +86,12 @@ def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
             resolve_dataset=dataset_resolver(store, job.principal, artifacts),
             roots=settings.data_roots or [], max_checkpoint_bytes=settings.max_upload_bytes,
             checkpoint_name=job.checkpoint_name, max_work=settings.spec_limits.max_work,
-            on_stage=stage_recorder(store, job_id))
+            on_stage=stage_recorder(store, job_id), on_stage_progress=writer.stage_progress)
+        written = time.perf_counter()
         saved = save_outputs(job_id, job.kind, spec, outcome.report, outcome.models,
                              artifacts)
-        store.record_stage(job_id, "report", state="ok", progress=1.0)
+        store.record_stage(job_id, "report", state="ok", progress=1.0,
+                           seconds=round(time.perf_counter() - written, 3))
     except TimeLimitExceeded as exc:
         return {"status": "failed", "error": str(exc), "error_kind": "time_limit"}
     except Cancelled:

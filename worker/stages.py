@@ -134,8 +134,10 @@ def execute_stage(job_id: str, stage_id: str, worker: str, settings: Settings,
         stage = plan.get(stage_id)
         results = StoredResults(store, artifacts, job_id, spec, inputs.device)
         if stage.kind == "report":
+            t0 = time.perf_counter()
             saved = _report(job, spec, inputs, plan, results, artifacts)
-            return {"status": "ok", "artifacts": saved}
+            return {"status": "ok", "artifacts": saved,
+                    "seconds": round(time.perf_counter() - t0, 3)}
         progress = _stage_progress(store, job_id, stage_id, settings)
         status, out = run_recorded(stage, inputs, results, progress, plan.ids,
                                    results.records())
@@ -254,7 +256,7 @@ def _record(job_id: str, stage_id: str, worker: str, done: Finished, store: JobS
             raise Retry(done.error)
         store.finish_stage(job_id, stage_id, worker, "failed", error=done.error)
     elif stage_id == "report":
-        if store.finish_stage(job_id, stage_id, worker, "ok"):
+        if store.finish_stage(job_id, stage_id, worker, "ok", seconds=done.seconds):
             store.finish_staged_job(job_id, "succeeded", artifacts=done.artifacts)
         return "succeeded"
     else:

@@ -26,7 +26,7 @@ from ..gate import check_subjects
 from ..report import AuditReport, Provenance, StageStatus
 from ..spec import AuditSpec
 from .assemble import assemble
-from .execute import MemoryResults, ProgressSink, StageSink, execute, quiet
+from .execute import MemoryResults, ProgressSink, StageProgress, StageSink, execute, quiet
 from .inputs import AuditInputs, attacker_images, load_inputs, refuse_overlap
 from .plan import AuditPlan, Budget, Stage, budgets, check_plan, estimated_work, plan_for
 from .verdict import VERDICT_RULE
@@ -83,7 +83,8 @@ def trigger_provenance(report: AuditReport, inputs: AuditInputs) -> None:
 def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         progress: ProgressSink = quiet, resolve_dataset=None, roots: list[Path] | None = None,
         max_checkpoint_bytes: int | None = None, checkpoint_name: str | None = None,
-        max_work: float | None = None, on_stage: StageSink | None = None) -> AuditOutcome:
+        max_work: float | None = None, on_stage: StageSink | None = None,
+        on_stage_progress: StageProgress | None = None) -> AuditOutcome:
     """Run the audit `spec` on the checkpoint at `checkpoint` in this process; never
     modifies it. With `max_work` (a service's cap), a spec whose estimated work on the
     loaded data exceeds it is refused before any work starts; `on_stage` sees every stage
@@ -99,7 +100,8 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
     check_work(spec, inputs, max_work)
     plan = plan_for(spec, sizes_of(inputs))
     report = start_report(spec, inputs, kind, checkpoint, checkpoint_name, started)
-    results, records = execute(plan, inputs, progress=progress, on_stage=on_stage)
+    results, records = execute(plan, inputs, progress=progress, on_stage=on_stage,
+                               on_stage_progress=on_stage_progress)
     trigger_provenance(report, inputs)
     records["report"] = StageStatus(name="report")
     assemble(spec, plan, results, records, report)

@@ -24,6 +24,8 @@ from .stages import Skipped, StageResult, run_stage
 # (stage id, overall fraction in [0, 1], message); it may raise Cancelled to stop the audit
 ProgressSink = Callable[[str, float, str], None]
 StageSink = Callable[[StageStatus], None]
+# (stage id, the stage's own fraction done): what a stage row's progress shows
+StageProgress = Callable[[str, float], None]
 
 
 def quiet(stage: str, fraction: float, message: str) -> None:
@@ -82,7 +84,8 @@ def run_recorded(stage: Stage, inputs: AuditInputs, results, progress, plan_ids:
 
 
 def execute(plan: AuditPlan, inputs: AuditInputs, *, progress: ProgressSink = quiet,
-            on_stage: StageSink | None = None) -> tuple[MemoryResults, dict[str, StageStatus]]:
+            on_stage: StageSink | None = None, on_stage_progress: StageProgress | None = None
+            ) -> tuple[MemoryResults, dict[str, StageStatus]]:
     """Run every stage but `report` in plan order; return the results and the records."""
     results, records = MemoryResults(), {}
     total = max(1.0, plan.total_cost)
@@ -94,8 +97,10 @@ def execute(plan: AuditPlan, inputs: AuditInputs, *, progress: ProgressSink = qu
         base = done
 
         def sub(message: str, fraction: float, stage=stage, base=base) -> None:
-            frac = (base + max(0.0, min(1.0, fraction)) * stage.cost) / total
-            progress(stage.id, min(1.0, frac), message)
+            own = max(0.0, min(1.0, fraction))
+            progress(stage.id, min(1.0, (base + own * stage.cost) / total), message)
+            if on_stage_progress is not None:
+                on_stage_progress(stage.id, own)
 
         sub(f"{stage.id}: starting", 0.0)
         if on_stage is not None:

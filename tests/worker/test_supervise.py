@@ -257,3 +257,30 @@ def test_a_sigkilled_worker_takes_its_job_child_with_it(tmp_path):
         worker.kill()
         if pidfile.exists() and _alive(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_running_stage_shows_its_own_progress_and_every_stage_its_seconds(
+        service, small_checkpoint):
+    """The stage view moves while a long stage runs (it sat at 0.0 until the stage ended),
+    and every finished stage, `report` included, has its seconds (issue 33 item 4)."""
+    client, settings = service
+    spec = quick_spec(["ft"])
+    spec["plan"]["methods"] = [{"name": "ft", "epochs": 40}]
+    spec["data"]["clean"] = "synthetic:?n=600&seed=2"
+    job_id = submit(client, small_checkpoint, spec).json()["id"]
+    thread, out = _start(client, settings, job_id)
+    seen: list[float] = []
+
+    def moving() -> bool:
+        row = next(s for s in client.get(f"/v1/jobs/{job_id}/stages").json()
+                   if s["id"] == "purify:ft")
+        if row["state"] == "running":
+            seen.append(row["progress"])
+        return len({p for p in seen if 0 < p < 1}) >= 2
+
+    wait_for(moving, 120, 0.1, "purify:ft reporting its progress")
+    thread.join(120)
+    assert out["outcome"].status == "succeeded"
+    stages = client.get(f"/v1/jobs/{job_id}/stages").json()
+    assert all(s["state"] in ("ok", "skipped") and s["seconds"] is not None for s in stages), [
+        (s["id"], s["state"], s["seconds"]) for s in stages]
