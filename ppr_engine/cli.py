@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -69,11 +70,40 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def stage_lines(every_s: float = 60.0) -> Callable[[str, float, str], None]:
+    """A (stage, fraction, message) sink for logs (no terminal): one line on stderr when a
+    stage starts and when it ends, with its seconds, and one every `every_s` while a stage
+    runs, so a CI log or `docker logs` shows what a long job is doing."""
+    t0 = time.monotonic()
+    state = {"stage": None, "since": t0, "said": t0}
+
+    def say(text: str) -> None:
+        typer.echo(f"[{time.monotonic() - t0:8.1f}s] {text}", err=True)
+
+    def sink(stage: str, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction < 0:
+            return
+        if stage != state["stage"]:
+            if state["stage"] is not None:
+                say(f"done  {state['stage']} ({now - state['since']:.1f} s)")
+            say(f"start {stage}")
+            state.update(stage=stage, since=now, said=now)
+        elif now - state["said"] >= every_s:
+            state["said"] = now
+            say(f"      {stage}: {message} ({fraction:.0%} of the job)")
+    return sink
+
+
 @contextlib.contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[str, float, str], None]]:
-    """A (stage, fraction, message) sink drawing a rich progress bar on a terminal."""
-    if not (enabled and sys.stderr.isatty()):
+    """A (stage, fraction, message) sink: a rich progress bar on a terminal, else one log
+    line per stage start and end (stage_lines)."""
+    if not enabled:
         yield lambda stage, fraction, message: None
+        return
+    if not sys.stderr.isatty():
+        yield stage_lines()
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -75,6 +75,8 @@ def test_make_backdoor_eval_purify_audit(tmp_path):
         "gate": ["ft.o_asr <= 0.0"]}))
     aud = ppr("audit", str(ckpt), "--spec", str(spec), "--out", str(tmp_path / "rep"))
     assert aud.returncode == 1 and "FAIL ft.o_asr <= 0.0" in aud.stdout  # the gate failed
+    # without a terminal, one line per stage start and end, with its seconds
+    assert "start purify:ft" in aud.stderr and "done  purify:ft (" in aud.stderr
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["gate"]["passed"] is False
 
 
