@@ -54,6 +54,13 @@ def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
                         what="readiness with a live worker")
         alive = _check(dist_settings, 60)
         assert alive.returncode == 0 and "healthy" in alive.stdout
+        # the Celery app can be named for Celery's own commands (issue 33 item 5)
+        ping = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.celery_app",
+                               "inspect", "ping", "--timeout", "5"], cwd=ROOT,
+                              env=settings_env(dist_settings), capture_output=True, text=True,
+                              timeout=60)
+        assert ping.returncode == 0 and "w1@" in ping.stdout and "pong" in ping.stdout, (
+            ping.stdout + ping.stderr)
         workers.kill(w1)
         time.sleep(2.5)
         dead = _check(dist_settings, 2)
