@@ -47,8 +47,10 @@ class Entry(Generic[T]):
             raise SpecError(f"{self.name}: invalid parameters: {problems}") from None
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-able description: name, summary, tags and each parameter's default."""
+        """A JSON-able description: name, summary, tags, and each parameter's default, type
+        and bounds (minimum, maximum, allowed values: what a spec may ask for)."""
         fields = {}
+        props = self.params.model_json_schema().get("properties", {})
         for fname, finfo in self.params.model_fields.items():
             default = None if finfo.is_required() else finfo.get_default(call_default_factory=True)
             if isinstance(default, BaseModel):
@@ -57,10 +59,26 @@ class Entry(Generic[T]):
                 "default": default if _jsonable(default) else repr(default),
                 "description": finfo.description or "",
                 "required": finfo.is_required(),
+                **_bounds(props.get(finfo.alias or fname, {})),
             }
         return {"name": self.name, "summary": self.summary, "tags": list(self.tags),
                 "kind": self.tags[0] if self.tags else "", "reference": self.reference,
                 "params": fields}
+
+
+BOUND_KEYS = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum")
+
+
+def _bounds(prop: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's type and bounds from its JSON schema (an optional one's non-null
+    branch)."""
+    branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+    out: dict[str, Any] = {}
+    for branch in branches[:1]:
+        out.update({k: branch[k] for k in BOUND_KEYS if k in branch})
+    if "const" in prop:
+        out["enum"] = [prop["const"]]
+    return out
 
 
 def _jsonable(value: Any) -> bool:

@@ -101,3 +101,18 @@ def test_budget_fields_are_tagged_and_walked():
     assert ("pam.epochs", "epochs") in found and ("pam.inversion.scan.epochs", "epochs") in found
     assert ("pam.scale_to", "images") in found
     assert {k for _, k in found} <= set(BUDGET_KINDS)
+
+
+def test_the_catalog_shows_every_numbers_bounds():
+    """`ppr methods --json` and GET /v1/methods give each numeric parameter its bounds, so a
+    caller sees what a spec may ask for before it is refused (issue 33 item 3)."""
+    from ppr_engine.catalog import catalog
+
+    shown = 0
+    for entry in catalog()["methods"] + catalog()["attacks"]:
+        for name, p in entry["params"].items():
+            if p.get("type") in ("integer", "number"):
+                shown += 1
+                assert "minimum" in p or "exclusiveMinimum" in p, (entry["name"], name)
+                assert "maximum" in p or "exclusiveMaximum" in p, (entry["name"], name)
+    assert shown > 100
