@@ -87,7 +87,8 @@ def stage_lines(every_s: float = 60.0) -> Callable[[str, float, str], None]:
         if stage != state["stage"]:
             if state["stage"] is not None:
                 say(f"done  {state['stage']} ({now - state['since']:.1f} s)")
-            say(f"start {stage}")
+            said = message and not message.startswith(stage)
+            say(f"start {stage}" + (f": {message}" if said else ""))
             state.update(stage=stage, since=now, said=now)
         elif now - state["said"] >= every_s:
             state["said"] = now

@@ -77,3 +77,26 @@ def image_cost(spec: AuditSpec) -> float:
     m = spec.model
     return (forward_flops(m.arch, m.num_classes, m.width)
             / forward_flops(REFERENCE_ARCH, m.num_classes))
+
+
+# CIFAR ResNet-18 training passes per second, as measured (docs/RESULTS.md): about 8,400 on
+# one H100 with today's engine, about 15 per CPU core (a width-16 copy ran 565 img/s on 2
+# cores at 1/16 of the FLOPs)
+PASSES_PER_SECOND = {"cuda": 8000.0, "cpu_per_thread": 15.0}
+
+
+def estimated_seconds(work: float, device_type: str, threads: int = 1) -> float:
+    """Rough wall time of `work` (CIFAR ResNet-18 image passes) on a device: a figure to
+    plan by, stated before a long job starts, not a promise."""
+    rate = (PASSES_PER_SECOND["cuda"] if device_type == "cuda"
+            else PASSES_PER_SECOND["cpu_per_thread"] * max(1, threads))
+    return work / rate
+
+
+def describe_estimate(work: float, device_type: str, threads: int = 1) -> str:
+    """"estimated 2.1e+05 image passes, about 4 min on cpu (2 threads)"."""
+    seconds = estimated_seconds(work, device_type, threads)
+    when = (f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400
+            else f"{seconds / 3600:.1f} h")
+    where = "cuda" if device_type == "cuda" else f"cpu ({threads} threads)"
+    return f"estimated {work:.2g} image passes, about {when} on {where}"

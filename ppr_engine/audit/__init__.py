@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import sha256_file
-from ..cost import Sizes
+from ..cost import Sizes, describe_estimate
 from ..errors import SpecError
 from ..gate import check_subjects
 from ..report import AuditReport, Provenance, StageStatus
@@ -99,6 +99,8 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
                          max_checkpoint_bytes=max_checkpoint_bytes)
     check_work(spec, inputs, max_work)
     plan = plan_for(spec, sizes_of(inputs))
+    progress("plan", 0.0, describe_estimate(plan.total_cost, inputs.device.type,
+                                            torch.get_num_threads()))
     report = start_report(spec, inputs, kind, checkpoint, checkpoint_name, started)
     results, records = execute(plan, inputs, progress=progress, on_stage=on_stage,
                                on_stage_progress=on_stage_progress)

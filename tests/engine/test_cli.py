@@ -77,6 +77,7 @@ def test_make_backdoor_eval_purify_audit(tmp_path):
     assert aud.returncode == 1 and "FAIL ft.o_asr <= 0.0" in aud.stdout  # the gate failed
     # without a terminal, one line per stage start and end, with its seconds
     assert "start purify:ft" in aud.stderr and "done  purify:ft (" in aud.stderr
+    assert "start plan: estimated" in aud.stderr and "on cpu (" in aud.stderr  # before work
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["gate"]["passed"] is False
 
 
