@@ -222,7 +222,7 @@ def run_audit(a: argparse.Namespace, refs: dict[str, str], ckpt: Path) -> None:
     seconds = time.perf_counter() - t0
     name = (f"cifar10_fidelity-{a.attack}-{a.target}" + (f"-{a.tag}" if a.tag else "")
             + ("_smoke" if a.smoke else ""))
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(to_markdown(report))
     stages: dict[str, float] = {}
     for m in report.methods:

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# PPR_BENCH_RESULTS redirects every result file (bench/gpu_suite.sh writes into its OUT, so
+# a run cut off by its lease still returns what it finished)
+RESULTS = Path(os.environ.get("PPR_BENCH_RESULTS") or Path(__file__).resolve().parent
+               / "results")
 
 
 def environment() -> dict:
@@ -24,7 +27,7 @@ def environment() -> dict:
 
 def write(name: str, payload: dict) -> Path:
     """Write `payload` plus the environment to bench/results/NAME.json and print it."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     body = {"environment": environment(), **payload}
     out.write_text(json.dumps(body, indent=2) + "\n")

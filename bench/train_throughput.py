@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--ref-epochs", type=int, default=1, help="timed epochs of the reference")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--workers", type=int, default=8, help="reference DataLoader workers")
+    ap.add_argument("--tag", default="", help="suffix of the result file")
     a = ap.parse_args()
     device = pick_device()
     if device.type == "cuda":
@@ -156,7 +157,7 @@ def main() -> None:
     def mfu(rate: float) -> float | None:
         return round(rate * flops / peak, 4) if peak else None
 
-    write(f"train_throughput-{device.type}-{a.arch}", {
+    write(f"train_throughput-{device.type}-{a.arch}" + (f"-{a.tag}" if a.tag else ""), {
         "what": f"{a.arch} training images/s, batch {a.batch}: the engine's fit (device-"
                 f"resident data, tensor augmentation, bf16+channels_last on CUDA) against a "
                 f"reference-style loop (PIL + torchvision transforms, DataLoader with "
