@@ -42,6 +42,7 @@ from ppr_engine import data as data_mod  # noqa: E402
 from ppr_engine.attacks import build_trigger, triggered_test  # noqa: E402
 from ppr_engine.backdoor import BackdoorRecipe, make_backdoor  # noqa: E402
 from ppr_engine.checkpoint import load_model, save_model  # noqa: E402
+from ppr_engine.demo import DEMO_INVERSION  # noqa: E402
 from ppr_engine.metrics import attack_success_rate, clean_accuracy  # noqa: E402
 from ppr_engine.report import to_markdown  # noqa: E402
 from ppr_engine.spec import validate_spec  # noqa: E402
@@ -158,7 +159,8 @@ def plan(a: argparse.Namespace) -> dict:
                                                                  "points": 5}}
     if not a.smoke:
         return {"methods": methods, "retune": {"sweep": [[20, 5], [50, 5], [50, 10]]}}
-    inv = {"pretrain_epochs": 1, "mask_epochs": 1, "gen_epochs": 1}
+    inv = {**DEMO_INVERSION, "pretrain_epochs": 1, "mask_epochs": 1, "gen_epochs": 1,
+           "scan": {"epochs": 1, "max_images": 100}}
     for m in methods:
         if m["name"] == "anp":
             m.update(iterations=20)
@@ -172,8 +174,10 @@ def plan(a: argparse.Namespace) -> dict:
             m.update(unlearning_epochs=1, recovering_epochs=1)
         elif m["name"] not in ("clp", "bnp"):  # one pass over weights or one batch already
             m.update(epochs=1)
-    return {"methods": methods, "retune": {"epochs": 1},
-            "qra": {"epochs": 1, "hidden": 64}, "lmc": {"points": 3}}
+    return {"methods": methods, "retune": {"epochs": 1, "poison_num": 5, "clean_num": 195,
+                                           "sweep": [[20, 1]]},
+            "qra": {"epochs": 1, "hidden": 64, "clean_num": 100, "poison_num": 100},
+            "lmc": {"points": 3}}
 
 
 def clean_draw(refs: dict[str, str], smoke: bool = False) -> str:

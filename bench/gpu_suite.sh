@@ -66,7 +66,7 @@ for split, n, seed in (("train", 600, 0), ("test", 200, 1)):
     np.savez(cache / f"{split}.npz", x=ds.x.permute(0, 2, 3, 1).numpy(), y=ds.y.numpy())
 PY
   arch=small_cnn epochs=1 batches="64 128" images=256 workers=0 audit_extra="--smoke"
-  methods=ft pam_methods=pam clean=(--clean "synthetic:?n=2200&seed=5")
+  methods=ft,ep pam_methods=pam,ep clean=(--clean "synthetic:?n=800&seed=5")
 else
   [ -n "$archive" ] || { echo "gpu_suite.sh: ARCHIVE (cifar10-jpeg.tar.gz) is needed" >&2; exit 2; }
   arch=resnet18_cifar epochs=${SUITE_EPOCHS:-60} batches="128 512" images="" workers=8
