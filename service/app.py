@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
     return app
 
 
-PUBLIC = {"/healthz", "/readyz", "/metrics"}  # no bearer token (metrics has its own)
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/v1/methods"}  # no bearer token (metrics: its own)
 
 
 def _complete_openapi(app: FastAPI) -> None:

@@ -24,8 +24,12 @@ COUNT_FILE = os.environ.get("PPR_FUZZ_COUNT_FILE")
 
 # The app is built at import: schemathesis needs its schema when pytest collects the tests.
 _STATE = tempfile.TemporaryDirectory(prefix="ppr-fuzz-")  # removed when the run ends
+# with a token, as a deployed service runs: the document's bearer scheme is then checked
+# too (a missing or wrong token must be a 401)
+TOKEN = "fuzz-token"
 _APP = create_app(Settings(data_dir=Path(_STATE.name), read_rate_per_s=0,
-                           submit_rate_per_min=0, max_upload_bytes=1 << 20))
+                           submit_rate_per_min=0, max_upload_bytes=1 << 20,
+                           tokens={TOKEN: "fuzzer"}, auth_fail_rate_per_min=0))
 schema = schemathesis.openapi.from_asgi("/openapi.json", _APP)
 
 
@@ -39,7 +43,8 @@ def test_every_operation_answers_within_its_schema(case):
     excluded = [positive_data_acceptance]
     if case.operation.path == "/readyz":  # 503 "not ready" is its documented answer here
         excluded.append(not_a_server_error)
-    case.call_and_validate(excluded_checks=excluded)
+    case.call_and_validate(excluded_checks=excluded,
+                           headers={"Authorization": f"Bearer {TOKEN}"})
     if COUNT_FILE:
         with open(COUNT_FILE, "a") as fh:
             fh.write(f"{case.method} {case.path}\n")
