@@ -139,7 +139,7 @@ def report_threads(job_id, worker, settings_json, conn, started) -> None:
 
     from worker.child import enter_child
 
-    enter_child(settings_json)
+    enter_child(settings_json, conn)
     conn.send({"status": "succeeded", "result": str(torch.get_num_threads())})
 
 
