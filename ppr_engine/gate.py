@@ -139,10 +139,11 @@ def evaluate(gate: list[str], report: AuditReport, *, allow_no_backdoor: bool = 
     could flip it), unless `allow_inconclusive`."""
     if not gate:
         return GateVerdict(passed=None, clauses=[])
-    clauses = [evaluate_clause(parse_clause(c), report) for c in gate]
+    parsed = [parse_clause(c) for c in gate]
+    clauses = [evaluate_clause(c, report) for c in parsed]
     if not allow_inconclusive:
-        for text, c in zip(gate, clauses, strict=True):
-            subject = parse_clause(text).subject
+        for clause, c in zip(parsed, clauses, strict=True):
+            subject = clause.subject
             if subject in ("model", "baseline"):
                 continue
             unsure = [m for m in report.methods if m.verdict == "inconclusive"
@@ -157,8 +158,8 @@ def evaluate(gate: list[str], report: AuditReport, *, allow_no_backdoor: bool = 
     inactive = report.model.inactive
     if inactive and not allow_no_backdoor:
         reason = "; ".join(no_backdoor_sentence(t, report.model.asr.get(t)) for t in inactive)
-        for text, c in zip(gate, clauses, strict=True):
-            if parse_clause(text).subject not in ("model", "baseline"):
+        for clause, c in zip(parsed, clauses, strict=True):
+            if clause.subject not in ("model", "baseline"):
                 c.passed = False
                 c.detail = (f"{reason}: the gate fails closed "
                             "(gate_options.allow_no_backdoor: true to evaluate it)")

@@ -222,13 +222,13 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
                            f"{limits.max_spec_bytes}", "budget_exceeded")
         spec = parse_spec(raw_spec, method)
         check_device(spec, store)
-        check_budgets(spec, limits, lambda ref: data_size(ref, principal, store))
+        size_of = lambda ref: data_size(ref, principal, store)  # noqa: E731
+        check_budgets(spec, limits, size_of)
         active = store.active(principal)
         if active >= settings.max_active_jobs:
             raise RateLimited(f"{active} of your jobs are queued or running (the limit is "
                               f"{settings.max_active_jobs}); wait for one to finish", 30)
         check_data_refs(spec, principal, store, settings)
-        size_of = lambda ref: data_size(ref, principal, store)  # noqa: E731
         # an impossible plan is refused here, naming the stage
         stages = plan_rows(spec, known_sizes(spec, size_of))
         check_active_work(stages, principal, store, settings)
