@@ -351,6 +351,8 @@ def purify(
     clean: Annotated[str, typer.Option(help="the defender's clean data reference")],
     test: Annotated[str, typer.Option(help="clean test data reference")],
     out: Annotated[Path, typer.Option(help="purified checkpoint (.safetensors)")],
+    attacker: Annotated[str | None, typer.Option(
+        help="the attacker's images for RA and QRA (default: set aside from --clean)")] = None,
     num_classes: int = 10,
     attack: Annotated[str | None, typer.Option(help="known trigger (for ASR, EP, RA)")] = None,
     target: int = 0,
@@ -358,6 +360,11 @@ def purify(
     set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter "
                                                    "key=value")] = None,
     robustness: Annotated[bool, typer.Option(help="also run RA, QRA and LMC")] = False,
+    until: Annotated[str | None, typer.Option(
+        help="robust: attack each result with RA and its sweep and escalate the setting "
+        "(rounds, then rho, then the reversed-sample share) until it is robust; exit 1 when "
+        "no attempt is")] = None,
+    max_attempts: Annotated[int, typer.Option(help="with --until, the most attempts")] = 4,
     seed: int = 0,
     device: Annotated[str | None, typer.Option(help="torch device")] = None,
     as_json: JsonOpt = False,
@@ -371,12 +378,14 @@ def purify(
         raise InputError(f"--out must end in .safetensors, got {out.name}")
     triggers = [{"attack": attack, "target": target, **parse_kv(param)}] if attack else []
     plan = {"methods": [{"name": method, **parse_kv(set_)}]}
-    if not robustness:
+    if until is not None:
+        plan.update({"until": until, "max_attempts": max_attempts})
+    elif not robustness:
         plan.update({"retune": {"enabled": False}, "qra": {"enabled": False},
                      "lmc": {"enabled": False}})
     s = validate_spec({"model": {"arch": arch, "num_classes": num_classes},
-                       "data": {"clean": clean, "test": test}, "triggers": triggers,
-                       "plan": plan, "seed": seed, "device": device})
+                       "data": {"clean": clean, "test": test, "attacker": attacker},
+                       "triggers": triggers, "plan": plan, "seed": seed, "device": device})
     with progress_bar(not as_json) as sink:
         outcome = run(s, checkpoint, kind="purify", progress=sink)
     report = outcome.report
@@ -387,9 +396,18 @@ def purify(
         raise InputError(f"{method} failed: {failed}")
     sha = save_model(model, out, method=method, source_sha256=report.provenance.checkpoint_sha256)
     write_reports(report, out.with_suffix("").with_name(out.stem + "-report"))
+    for name, attempt in outcome.models.items():  # --until: every attempt's model
+        if name.startswith(f"{s.plan.methods[0].key}#"):
+            save_model(attempt, out.with_name(f"{out.stem}-attempt{name.rsplit('#', 1)[1]}"
+                                              ".safetensors"), method=method,
+                       source_sha256=report.provenance.checkpoint_sha256)
     _print_report(report, as_json)
     if not as_json:
         typer.echo(f"purified checkpoint: {out} (sha256 {sha[:12]})")
+    if report.escalation is not None and not report.escalation.robust:
+        if not as_json:
+            typer.echo(f"not robust: {report.escalation.reason}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

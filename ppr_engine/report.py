@@ -200,6 +200,34 @@ class Provenance(BaseModel):
     finished_at: str = ""
 
 
+class EscalationAttempt(BaseModel):
+    """One attempt of a purification run until robust (`plan.until`)."""
+
+    attempt: int
+    key: str = Field(..., description="its stages' method key (KEY, then KEY#2, ...)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="the parameters "
+                                      "changed from the method as submitted")
+    verdict: str
+    o_cacc: float | None = None
+    acc_drop: float | None = None
+    o_asr: float | None = None
+    p_asr: float | None = None
+    max_gap: float | None = None
+    max_gap_ci: tuple[float, float] | None = None
+    seconds: float = 0.0
+
+
+class EscalationInfo(BaseModel):
+    """A purification run until robust: every attempt, and which one the report is."""
+
+    until: str
+    robust: bool = Field(..., description="the returned attempt is robust")
+    chosen: int = Field(..., description="the attempt the report's method result and the "
+                        "purified checkpoint are")
+    reason: str
+    attempts: list[EscalationAttempt] = Field(default_factory=list)
+
+
 class AuditReport(BaseModel):
     """The report of one audit (or purification)."""
 
@@ -215,6 +243,8 @@ class AuditReport(BaseModel):
     provenance: Provenance = Field(default_factory=Provenance)
     verdict_rule: str = Field("", description="how the verdicts were reached")
     headline: str = Field("", description="the finding in one sentence (see headline())")
+    escalation: EscalationInfo | None = Field(None, description="a purification run until "
+                                              "robust: its attempts (plan.until)")
     seconds: float = 0.0
 
     def method(self, key: str) -> MethodResult | None:
@@ -315,7 +345,29 @@ def headline(report: AuditReport) -> str:
                       for t in report.model.inactive)
     if report.methods and all(m.verdict == "no_backdoor" for m in report.methods):
         return prefix.strip()
-    return prefix + _defense_headline(report)
+    return prefix + _defense_headline(report) + escalation_sentence(report)
+
+
+def escalation_sentence(report: AuditReport) -> str:
+    """What a purification run until robust did, after the verdict."""
+    esc = report.escalation
+    if esc is None:
+        return ""
+    return f" Purified until robust: {esc.reason}."
+
+
+def escalation_rows(report: AuditReport) -> list[list[str]]:
+    """One row per attempt: attempt, setting, verdict, O-C-Acc, O-ASR, P-ASR, max gap."""
+    esc = report.escalation
+    if esc is None:
+        return []
+    return [[f"{a.attempt}{' (returned)' if a.attempt == esc.chosen else ''}",
+             ", ".join(f"{k} {v}" for k, v in a.overrides.items()) or "as submitted",
+             a.verdict, fmt(a.o_cacc), fmt(a.o_asr), fmt(a.p_asr), fmt(a.max_gap)]
+            for a in esc.attempts]
+
+
+ESCALATION_HEADER = ["attempt", "setting", "verdict", "O-C-Acc", "O-ASR", "P-ASR", "max gap"]
 
 
 def no_backdoor_sentence(trigger: str, asr: float | None) -> str:
@@ -560,6 +612,11 @@ def to_markdown(report: AuditReport) -> str:
                 "| method | " + " | ".join(f"{pn} ({ep} ep)" for pn, ep in budgets) + " |",
                 "|---|" + "---|" * len(budgets)]
         out += [f"| {_md(label)} | " + " | ".join(cells) + " |" for label, cells in gaps]
+    if rows := escalation_rows(report):
+        out += ["", f"Purified until robust: {_md(report.escalation.reason)}.", "",
+                "| " + " | ".join(ESCALATION_HEADER) + " |", "|" + "---|" * len(
+                    ESCALATION_HEADER)]
+        out += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
     notes = detection_notes(report)
     if notes:
         out += ["", "Trigger inversion:"] + [f"- {_md(t)}" for t, _ in notes]
@@ -719,6 +776,18 @@ def _gap_table(report: AuditReport) -> str:
             f"{head}</tr>{body}</table>")
 
 
+def _escalation_html(report: AuditReport) -> str:
+    """The attempts of a purification run until robust."""
+    e = html.escape
+    rows = escalation_rows(report)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{e(c)}</th>" for c in ESCALATION_HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return (f"<h2>Purified until robust</h2><p>{e(report.escalation.reason)}.</p>"
+            f"<table id='attempts'><tr>{head}</tr>{body}</table>")
+
+
 def _inversion_html(inv: InversionResult) -> str:
     """A trigger inverted from the model: its conclusion and a few images, clean and inverted."""
     e = html.escape
@@ -760,6 +829,7 @@ def to_html(report: AuditReport) -> str:
         notes += ("<h2>Methods</h2><ul id='method-notes'>"
                   + "".join(f"<li>{e(t)}</li>" for t in extra) + "</ul>")
     inversions = "".join(_inversion_html(inv) for inv in report.inversions)
+    inversions += _escalation_html(report)
     rule = f"<p id='verdict-rule'>Verdicts: {e(report.verdict_rule)}.</p>" if \
         report.verdict_rule else ""
     fails = ("<h2>Failed stages</h2><ul>" + "".join(

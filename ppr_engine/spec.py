@@ -259,6 +259,13 @@ class Plan(_Strict):
                            "model is below this activates no backdoor: every method gets the "
                            "verdict no_backdoor on it, and gate clauses on methods fail closed "
                            "unless gate_options.allow_no_backdoor")
+    until: Literal["robust"] | None = Field(None, description="robust: purify, audit the "
+                                            "result with RA and its sweep, and escalate the "
+                                            "method's setting (rounds, then rho, then the "
+                                            "reversed-sample share) until the verdict is "
+                                            "robust (one method; POST /purify?until=robust)")
+    max_attempts: int = Field(4, ge=1, le=8, description="with until: robust, the most "
+                              "attempts (the first is the method as given)")
 
     @model_validator(mode="after")
     def _unique(self) -> Plan:
@@ -362,11 +369,13 @@ def check_plan(spec: AuditSpec) -> None:
     """Refuse what no executor could run, naming what is missing: a method that needs
     BatchNorm on an architecture without it, QRA without RA (QRA is guided by the RA
     model), a gate clause on a field no stage of the plan computes."""
+    from .audit.escalate import check_escalation
     from .defenses import DEFENSES, NEEDS_BATCHNORM
     from .gate import parse_clause
     from .models import has_batchnorm
 
     plan = spec.plan
+    check_escalation(spec)
     need_bn = [m.key for m in plan.methods if NEEDS_BATCHNORM in DEFENSES.get(m.name).tags]
     if need_bn and not has_batchnorm(spec.model.arch):
         raise SpecError(f"{', '.join(need_bn)} {'needs' if len(need_bn) == 1 else 'need'} "

@@ -131,13 +131,17 @@ def decode_json(raw: str) -> object:
         raise SpecError(f"spec holds {what}") from None
 
 
-def parse_spec(raw: str | None, method: str | None) -> AuditSpec:
-    """The spec field as an AuditSpec (reduced to `method` for a purification)."""
+def parse_spec(raw: str | None, method: str | None, until: str | None = None) -> AuditSpec:
+    """The spec field as an AuditSpec (reduced to `method` for a purification; with
+    `until`, run until the verdict is that)."""
     if not raw:
         raise SpecError(f"missing form field {SPEC_FIELD!r} (the audit spec as JSON)")
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise SpecError("spec must be a JSON object")
+    if until is not None:
+        plan = data.get("plan") if isinstance(data.get("plan"), dict) else {}
+        data = {**data, "plan": {**plan, "until": until}}
     return spec_for(data, method)
 
 
@@ -190,7 +194,8 @@ def _replay(store: JobStore, principal: str, key: str, request_sha256: str) -> A
 
 async def accept(request: Request, *, kind: str, method: str | None, principal: str,
                  settings: Settings, store: JobStore, artifacts: ArtifactStore,
-                 queue: Enqueuer, key: str | None = None) -> Accepted:
+                 queue: Enqueuer, key: str | None = None, until: str | None = None
+                 ) -> Accepted:
     """Run the whole acceptance path; returns the new job (or, for a repeated
     Idempotency-Key with the same request, the job the first submission created)."""
     key = check_key(key)
@@ -210,7 +215,8 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
         if upload is None or upload.size == 0:
             raise ApiError(422, f"missing or empty file field {FILE_FIELD!r}")
         if key is not None:
-            request_sha256 = fingerprint(kind, method, upload.sha256,
+            request_sha256 = fingerprint(kind, method if until is None else
+                                         f"{method}?until={until}", upload.sha256,
                                          form.fields.get(SPEC_FIELD))
             if store.by_idempotency_key(principal, key) is not None:
                 upload.abort()
@@ -220,7 +226,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
         if raw_spec and len(raw_spec.encode()) > limits.max_spec_bytes:
             raise ApiError(422, f"spec is {len(raw_spec.encode())} bytes, the limit is "
                            f"{limits.max_spec_bytes}", "budget_exceeded")
-        spec = parse_spec(raw_spec, method)
+        spec = parse_spec(raw_spec, method, until)
         check_device(spec, store)
         size_of = lambda ref: data_size(ref, principal, store)  # noqa: E731
         check_budgets(spec, limits, size_of)

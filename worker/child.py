@@ -165,6 +165,12 @@ def save_outputs(job_id: str, kind: str, spec: AuditSpec, report, models: dict,
         save_model(model, path, method=key,
                    source_sha256=report.provenance.checkpoint_sha256)
         saved["purified.safetensors"] = f"{prefix}/purified.safetensors"
+        for name, attempt in models.items():  # a purification run until robust: each try
+            if name.startswith(f"{key}#"):
+                n = name.rsplit("#", 1)[1]
+                save_model(attempt, artifacts.path(f"{prefix}/attempt-{n}.safetensors"),
+                           method=key, source_sha256=report.provenance.checkpoint_sha256)
+                saved[f"attempt-{n}.safetensors"] = f"{prefix}/attempt-{n}.safetensors"
     for fmt in ("json", "md", "html"):
         body, _ = render(report, fmt)
         artifacts.write_bytes(f"{prefix}/report.{fmt}", body.encode("utf-8"))

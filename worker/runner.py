@@ -9,6 +9,7 @@ for good; system errors (the child's own, or its death) are retried a few times.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,13 @@ from service.store.db import JobStore
 from .supervise import Finished, supervise
 
 
-def executor(settings: Settings) -> str:
+def executor(settings: Settings, spec_json: str | None = None) -> str:
     """How a job's plan runs: `process` (every stage in one supervised child, in order: the
-    embedded mode) or `stages` (each stage its own task, on any worker: with a broker)."""
+    embedded mode) or `stages` (each stage its own task, on any worker: with a broker). A
+    purification run until robust is always `process`: whether its next attempt runs
+    depends on the last one's verdict, which the stage scheduler does not decide."""
+    if spec_json is not None and json.loads(spec_json).get("plan", {}).get("until"):
+        return "process"
     if settings.executor != "auto":
         return settings.executor
     return "process" if settings.embedded else "stages"
@@ -57,7 +62,8 @@ def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: Arti
         return Outcome("skipped")
     if claim == "busy":
         raise Busy(job_id)
-    if executor(settings) == "stages":
+    job = store.get(job_id)
+    if executor(settings, job.spec if job is not None else None) == "stages":
         from .stages import dispatch_ready
 
         dispatch_ready(job_id, store, queue or Enqueuer(settings))

@@ -26,6 +26,7 @@ from ..gate import check_subjects
 from ..report import AuditReport, Provenance, StageStatus
 from ..spec import AuditSpec
 from .assemble import assemble
+from .escalate import run_attempts
 from .execute import MemoryResults, ProgressSink, StageProgress, StageSink, execute, quiet
 from .inputs import AuditInputs, attacker_images, load_inputs, refuse_overlap
 from .plan import AuditPlan, Budget, Stage, budgets, check_plan, estimated_work, plan_for
@@ -102,15 +103,24 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
     progress("plan", 0.0, describe_estimate(plan.total_cost, inputs.device.type,
                                             torch.get_num_threads()))
     report = start_report(spec, inputs, kind, checkpoint, checkpoint_name, started)
-    results, records = execute(plan, inputs, progress=progress, on_stage=on_stage,
-                               on_stage_progress=on_stage_progress)
     trigger_provenance(report, inputs)
-    records["report"] = StageStatus(name="report")
-    assemble(spec, plan, results, records, report)
+    if spec.plan.until is not None:
+        esc = run_attempts(spec, inputs, report, sizes_of(inputs), progress=progress,
+                           on_stage=on_stage, on_stage_progress=on_stage_progress)
+        report.stages.append(StageStatus(name="report"))
+        key = spec.plan.methods[0].key
+        models = {f"{key}#{a.index + 1}": a.model for a in esc.attempts}
+        models[key] = esc.chosen.model
+    else:
+        results, records = execute(plan, inputs, progress=progress, on_stage=on_stage,
+                                   on_stage_progress=on_stage_progress)
+        records["report"] = StageStatus(name="report")
+        assemble(spec, plan, results, records, report)
+        models = purified_models(spec, results, inputs)
     report.seconds = round(time.perf_counter() - t0, 3)
     report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     progress("report", 1.0, "report: done")
-    return AuditOutcome(report, purified_models(spec, results, inputs), plan)
+    return AuditOutcome(report, {k: m for k, m in models.items() if m is not None}, plan)
 
 
 def purified_models(spec: AuditSpec, results: MemoryResults, inputs: AuditInputs

@@ -155,7 +155,7 @@ def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageSt
     report.stages = [records[sid] for sid in plan.ids if sid in records]
     active = [labels[i] for i in ev.get("active", [])]
     if spec.triggers and not active:  # every trigger was inverted: none found, or failed
-        return _finish(report, spec)
+        return finish(report, spec)
     report.model.inactive = [label for label in active if (asr := report.model.asr.get(label))
                              is not None and asr < spec.plan.min_asr]
     report.baseline = _baseline(plan, results, labels)
@@ -176,10 +176,11 @@ def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageSt
                 if t.qra is not None:
                     t.qra.transfer = dict(transfer.get(m.key, {}).get(t.trigger, {}))
     report.verdict_rule = VERDICT_RULE
-    return _finish(report, spec)
+    return finish(report, spec)
 
 
-def _finish(report: AuditReport, spec) -> AuditReport:
+def finish(report: AuditReport, spec) -> AuditReport:
+    """The headline and the gate, from the report's numbers."""
     report.headline = headline(report)
     report.gate = evaluate(spec.gate, report,
                            allow_no_backdoor=spec.gate_options.allow_no_backdoor,

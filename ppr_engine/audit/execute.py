@@ -44,6 +44,9 @@ class MemoryResults:
     def values(self, stage_id: str) -> dict[str, Any]:
         return self._results[stage_id].values
 
+    def result(self, stage_id: str) -> StageResult:
+        return self._results[stage_id]
+
     def model(self, stage_id: str, name: str = "model") -> nn.Module:
         return self._results[stage_id].models[name]
 
@@ -84,15 +87,25 @@ def run_recorded(stage: Stage, inputs: AuditInputs, results, progress, plan_ids:
 
 
 def execute(plan: AuditPlan, inputs: AuditInputs, *, progress: ProgressSink = quiet,
-            on_stage: StageSink | None = None, on_stage_progress: StageProgress | None = None
+            on_stage: StageSink | None = None, on_stage_progress: StageProgress | None = None,
+            done_before: tuple[MemoryResults, dict[str, StageStatus]] | None = None,
+            total_cost: float | None = None, cost_before: float = 0.0
             ) -> tuple[MemoryResults, dict[str, StageStatus]]:
-    """Run every stage but `report` in plan order; return the results and the records."""
+    """Run every stage but `report` in plan order; return the results and the records.
+    Stages recorded in `done_before` (an earlier plan's results and records) are taken from
+    it, not run again; `total_cost` and `cost_before` place this plan's progress inside a
+    longer run (a purification's attempts)."""
     results, records = MemoryResults(), {}
-    total = max(1.0, plan.total_cost)
-    done = 0.0
+    total = max(1.0, total_cost if total_cost is not None else plan.total_cost)
+    done = cost_before
     ids = plan.ids
     for stage in plan:
         if stage.kind == "report":
+            continue
+        if done_before is not None and stage.id in done_before[1]:
+            records[stage.id] = done_before[1][stage.id]
+            if done_before[0].ok(stage.id):
+                results.put(stage.id, done_before[0].result(stage.id))
             continue
         base = done
 

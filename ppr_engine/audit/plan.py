@@ -127,8 +127,11 @@ def trigger_labels(spec: AuditSpec) -> list[str]:
 
 
 def plan_for(spec: AuditSpec, sizes: Sizes = NOMINAL) -> AuditPlan:
-    """The ordered stages of `spec` (SpecError when a dependency cannot be met)."""
+    """The ordered stages of `spec` (SpecError when a dependency cannot be met); for a
+    purification run until robust, every attempt's stages (`escalation_plan`)."""
     check_plan(spec)
+    if spec.plan.until is not None:
+        return escalation_plan(spec, sizes)
     plan, labels = spec.plan, trigger_labels(spec)
     n = sizes.clean
     inverted = [i for i, t in enumerate(spec.triggers) if t.attack == "inverted"]
@@ -183,6 +186,20 @@ def plan_for(spec: AuditSpec, sizes: Sizes = NOMINAL) -> AuditPlan:
     stages.append(Stage("report", "report", after=tuple(s.id for s in stages)))
     weight = image_cost(spec)
     return AuditPlan([replace(s, cost=s.cost * weight) for s in stages])
+
+
+def escalation_plan(spec: AuditSpec, sizes: Sizes = NOMINAL) -> AuditPlan:
+    """Every attempt's stages (`ppr_engine.audit.escalate`), the shared ones once, then
+    `report`: the stage view and the work estimate count the whole escalation."""
+    from .escalate import attempt_specs
+
+    stages: dict[str, Stage] = {}
+    for attempt in attempt_specs(spec):
+        for s in plan_for(attempt, sizes):
+            if s.kind != "report":
+                stages.setdefault(s.id, s)
+    ids = tuple(stages)
+    return AuditPlan(list(stages.values()) + [Stage("report", "report", after=ids)])
 
 
 def estimated_work(spec: AuditSpec, sizes: Sizes = NOMINAL) -> float:

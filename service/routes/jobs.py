@@ -78,14 +78,20 @@ async def submit_purify(request: Request, response: Response, principal: Princip
                         queue: QueueDep,
                         method: str = Query(..., description="purification method, e.g. pam",
                                             examples=["pam"]),
+                        until: Literal["robust"] | None = Query(
+                            None, description="robust: audit the result with RA and its "
+                            "sweep, and escalate the method's setting (rounds, then rho, then "
+                            "the reversed-sample share; at most plan.max_attempts tries) until "
+                            "the verdict is robust; the report lists every attempt"),
                         idempotency_key: KeyHeader = None) -> JobAccepted:
     """Submit a purification with one method; the result is a purified checkpoint (artifact
     `purified.safetensors`) and a report with before/after metrics and, unless the spec
-    turns them off, RA, QRA and LMC."""
+    turns them off, RA, QRA and LMC. With `until=robust`, the first attempt judged robust
+    (or the best one, with the reason)."""
     DEFENSES.get(method)  # unknown method: 422 naming the known ones
     return _accepted(await accept(request, kind="purify", method=method, principal=principal,
                                   settings=settings, store=store, artifacts=artifacts,
-                                  queue=queue, key=idempotency_key), response)
+                                  queue=queue, key=idempotency_key, until=until), response)
 
 
 def _job(store, job_id: str, principal: str):

@@ -77,6 +77,46 @@ def test_purify_returns_a_purified_checkpoint(client, app, small_checkpoint, tmp
     assert report["kind"] == "purify" and report["methods"][0]["params"]["data"] == "trigger"
 
 
+def test_purify_until_robust_lists_every_attempt(client, app, small_checkpoint):
+    """POST /purify?method=M&until=robust: the stage rows and the work estimate hold every
+    attempt, the report lists them, each attempt's checkpoint is an artifact. (The untrained
+    checkpoint answers no trigger, so no attempt is robust: both run.)"""
+    spec = quick_spec()
+    spec["plan"]["max_attempts"] = 2
+    r = submit(client, small_checkpoint, spec, url="/v1/purify?method=ft&until=robust")
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    # the estimate counts both attempts, the shared stages (evaluate, baseline) once
+    until = client.get(f"/v1/jobs/{job_id}").json()["estimated_work"]
+    plain_id = submit(client, small_checkpoint, spec, url="/v1/purify?method=ft").json()["id"]
+    plain = client.get(f"/v1/jobs/{plain_id}").json()["estimated_work"]
+    assert plain < until < 2 * plain
+    assert run(app, job_id).status == "succeeded"
+    stages = {s["id"]: s["state"] for s in client.get(f"/v1/jobs/{job_id}/stages").json()}
+    assert stages["purify:ft"] == stages["purify:ft#2"] == "ok"
+    report = client.get(f"/v1/jobs/{job_id}/report").json()
+    esc = report["escalation"]
+    assert [a["overrides"] for a in esc["attempts"]] == [{}, {"epochs": 2}]
+    assert esc["robust"] is False and esc["reason"].startswith("no attempt of 2 was robust")
+    assert report["methods"][0]["key"] == "ft"
+    artifacts = client.get(f"/v1/jobs/{job_id}").json()["links"]["artifacts"]
+    assert {"purified.safetensors", "attempt-1.safetensors", "attempt-2.safetensors"} <= set(
+        artifacts)
+    md = client.get(f"/v1/jobs/{job_id}/report?format=md").text
+    assert "Purified until robust: no attempt of 2 was robust" in md
+
+
+@pytest.mark.parametrize("query, says", [
+    ("method=ft&until=never", "until"),
+    ("method=ft&until=robust&x=1", None)])
+def test_purify_until_is_validated(client, small_checkpoint, query, says):
+    spec = quick_spec()
+    spec["plan"]["max_attempts"] = 99
+    r = submit(client, small_checkpoint, spec, url=f"/v1/purify?{query}")
+    assert r.status_code == 422, r.text
+    assert (says or "max_attempts") in r.text
+
+
 def test_list_jobs_filters_and_pages(client, app, small_checkpoint):
     ids = [submit(client, small_checkpoint, quick_spec()).json()["id"] for _ in range(3)]
     client.delete(f"/v1/jobs/{ids[0]}")
