@@ -1,8 +1,10 @@
 """`ppr worker`: start a Celery worker bound to one device (one process per GPU).
 
-CUDA does not survive fork, so the worker uses the solo pool (one job at a time, in the
-worker process itself) and the device is chosen here, before torch initializes CUDA.
-A heartbeat thread records the worker in the job store so /readyz can see it.
+One task at a time: a pool of one thread, so that the main thread stays free to answer
+Celery's control commands (`celery -A worker.celery_app inspect ping`) while a job runs;
+the job's compute runs in a supervised child of the fork server (`worker.supervise`). The
+device is chosen here, before torch initializes CUDA (CUDA does not survive fork). A
+heartbeat thread records the worker in the job store so /readyz can see it.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def main(
     stop = threading.Event()
     threading.Thread(target=heartbeat, args=(settings, worker_id(), device, stop),
                      daemon=True).start()
-    argv = ["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
+    argv = ["worker", "--pool=threads", "--concurrency=1", f"--loglevel={loglevel}",
             "-Q", settings.queue, "--without-gossip", "--without-mingle"]
     if hostname:
         argv += ["-n", hostname]

@@ -39,12 +39,31 @@ def _check(settings, max_age: float) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def _ping(settings) -> subprocess.CompletedProcess:
+    """`celery inspect ping` through the named app, as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "worker.celery_app",
+                           "inspect", "ping", "--timeout", "5"], cwd=ROOT,
+                          env=settings_env(settings), capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
     with TestClient(create_app(dist_settings)) as client:
         before = _check(dist_settings, 60)
         assert before.returncode == 1 and "no heartbeat" in before.stderr
         w1 = workers.start("w1")
-        job_id = _submit(client, small_checkpoint, quick_spec(["ft"]))
+        spec = quick_spec(["ft"])
+        spec["plan"]["methods"][0]["epochs"] = 40  # a stage long enough to ping during it
+        job_id = _submit(client, small_checkpoint, spec)
+        wait_for(lambda: any(s["state"] == "running" and s["id"] == "purify:ft" for s in
+                             client.get(f"/v1/jobs/{job_id}/stages").json()), 180,
+                 what=f"purify:ft running\n{workers.log('w1')}")
+        # the worker answers Celery's control commands while it runs a job (issue 33)
+        busy = _ping(dist_settings)
+        assert busy.returncode == 0 and "w1@" in busy.stdout and "pong" in busy.stdout, (
+            busy.stdout + busy.stderr)
+        assert any(s["id"] == "purify:ft" and s["state"] == "running"
+                   for s in client.get(f"/v1/jobs/{job_id}/stages").json())
         job = wait_for(lambda: (j := _state(client, job_id))["state"] in (
             "succeeded", "failed") and j, 180, what=f"job {job_id}\n{workers.log('w1')}")
         assert job["state"] == "succeeded", job
@@ -54,13 +73,6 @@ def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
                         what="readiness with a live worker")
         alive = _check(dist_settings, 60)
         assert alive.returncode == 0 and "healthy" in alive.stdout
-        # the Celery app can be named for Celery's own commands (issue 33 item 5)
-        ping = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.celery_app",
-                               "inspect", "ping", "--timeout", "5"], cwd=ROOT,
-                              env=settings_env(dist_settings), capture_output=True, text=True,
-                              timeout=60)
-        assert ping.returncode == 0 and "w1@" in ping.stdout and "pong" in ping.stdout, (
-            ping.stdout + ping.stderr)
         workers.kill(w1)
         time.sleep(2.5)
         dead = _check(dist_settings, 2)
