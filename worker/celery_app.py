@@ -5,9 +5,8 @@
 
 It reads the same PPR_ settings as `ppr worker` (the broker, the queue) and touches no
 database. Start workers with `ppr worker`, which registers the tasks, binds a device and
-runs jobs in supervised children; a worker busy with a job answers control commands only
-between tasks (its solo pool), so `ping` lists the idle ones and `/readyz` (heartbeats)
-the busy ones too.
+runs jobs in supervised children; its task runs in a one-thread pool, so a worker busy
+with a job still answers control commands (`ping`, `active`).
 """
 
 from __future__ import annotations

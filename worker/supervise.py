@@ -1,7 +1,7 @@
 """Running one job in a child process the worker can always stop.
 
-Celery's solo pool (one job at a time, in the worker process: CUDA does not survive a fork)
-applies no time limit, and a job that is computing never looks at its cancel flag between
+Celery's one-thread pool (one job at a time, in the worker process: CUDA does not survive
+a fork) applies no time limit, and a job that is computing never looks at its cancel flag between
 two progress reports. So the worker runs each job in a child process and watches it: every
 `heartbeat_s` it renews the job's lease (a stage that reports nothing for minutes keeps its
 lease) and reads the cancel flag; it kills the child when the job is cancelled (the job is

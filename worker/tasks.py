@@ -26,7 +26,7 @@ def worker_id() -> str:
 
 def stopping() -> bool:
     """Whether this worker was asked to stop (SIGTERM or SIGQUIT: Celery's warm or cold
-    shutdown flags, which the solo pool only reads between tasks)."""
+    shutdown flags, which the pool only reads between tasks)."""
     return any(flag is not None and flag is not False
                for flag in (worker_state.should_stop, worker_state.should_terminate))
 

@@ -1,5 +1,5 @@
 """Integration fixtures: the real Redis, the real PostgreSQL, and real `ppr worker`
-processes (Celery, solo pool). In CI a missing Redis or PostgreSQL fails the run."""
+processes (Celery, one-thread pool). In CI a missing Redis or PostgreSQL fails the run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A job the worker can always stop (issue 22): cancellation reaches every method mid-stage,
-the time limit holds in Celery's solo pool, a silent child is killed at the hard limit, and
+the time limit holds in Celery's one-thread pool, a silent child is killed at the hard limit, and
 SIGTERM stops `ppr worker` and `ppr serve` cleanly, the running job released, never
 orphaned. Real child processes, a real SQLite job store, real worker processes."""
 
