@@ -208,7 +208,33 @@ def cancel_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
                                  "text/html": {"schema": {"type": "string"}}}}, **ERRORS})
 def get_report(job_id: str, principal: Principal, store: StoreDep, artifacts: ArtifactsDep,
                format: Literal["json", "md", "html"] = "json") -> Response:
-    """The report of a finished job as JSON, Markdown or self-contained HTML."""
+    """The report of a finished job as JSON, Markdown or self-contained HTML. (Generated
+    clients read one media type per operation: they use this one for JSON and
+    `get_report_html` / `get_report_markdown` for the others.)"""
+    return _report(job_id, principal, store, artifacts, format)
+
+
+@router.get("/jobs/{job_id}/report.html", operation_id="get_report_html",
+            response_class=Response, responses={200: {
+                "description": "the report as one self-contained HTML page",
+                "content": {"text/html": {"schema": {"type": "string"}}}}, **ERRORS})
+def get_report_html(job_id: str, principal: Principal, store: StoreDep,
+                    artifacts: ArtifactsDep) -> Response:
+    """The report of a finished job as self-contained HTML."""
+    return _report(job_id, principal, store, artifacts, "html")
+
+
+@router.get("/jobs/{job_id}/report.md", operation_id="get_report_markdown",
+            response_class=Response, responses={200: {
+                "description": "the report as Markdown (a pull-request comment)",
+                "content": {"text/markdown": {"schema": {"type": "string"}}}}, **ERRORS})
+def get_report_markdown(job_id: str, principal: Principal, store: StoreDep,
+                        artifacts: ArtifactsDep) -> Response:
+    """The report of a finished job as Markdown."""
+    return _report(job_id, principal, store, artifacts, "md")
+
+
+def _report(job_id: str, principal: str, store, artifacts, format: str) -> Response:
     job = _job(store, job_id, principal)
     key = job.artifact_map().get(f"report.{format}")
     if job.state != "succeeded" or key is None:

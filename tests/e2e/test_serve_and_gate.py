@@ -35,12 +35,13 @@ def clean_env(data_dir: Path) -> dict[str, str]:
 class Server:
     """A `ppr serve` subprocess."""
 
-    def __init__(self, data_dir: Path, port: int, log: Path, worker: bool = True) -> None:
+    def __init__(self, data_dir: Path, port: int, log: Path, worker: bool = True,
+                 env: dict[str, str] | None = None) -> None:
         args = [sys.executable, "-m", "ppr_cli.main", "serve", "--port", str(port)]
         if not worker:
             args.append("--no-worker")
         self.log = log
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=clean_env(data_dir),
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**clean_env(data_dir), **(env or {})},
                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
