@@ -151,7 +151,7 @@ def plan(a: argparse.Namespace) -> dict:
         # params say); NC's scan and unlearning at 20 epochs
         for m in methods:
             if m["name"] in ("bti_dbf", "pam") and m.get("data") != "trigger":
-                m.setdefault("inversion", {})["gen_width"] = 8
+                m.setdefault("inversion", {}).update(gen_width=8, sizes="authors")
             elif m["name"] in ("nc", "sau", "npd"):  # BackdoorBench's 100 / 100 / 50 epochs
                 m.update(epochs=20)
         return {"methods": methods, "retune": {"sweep": [[20, 5], [50, 5]]},

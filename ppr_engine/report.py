@@ -291,7 +291,17 @@ def method_notes(report: AuditReport) -> list[str]:
                        "defender's clean images")
         if note := m.record.get("note"):
             out.append(f"{display_name(m.key)}: {note}")
+        if m.record.get("inversion_sizes") == "cpu":
+            out.append(f"{display_name(m.key)}: {CPU_SIZES_NOTE}")
+    for inv in report.inversions:
+        if inv.detection.get("inversion_sizes") == "cpu":
+            out.append(f"Trigger {inv.trigger} inverted: {CPU_SIZES_NOTE}")
     return out
+
+
+CPU_SIZES_NOTE = ("the trigger inversion ran at the CPU sizes (5 / 5 / 10 pre-training, mask "
+                  "and generator epochs, a width-8 generator), not the authors' (50 / 20 / 30, "
+                  "width 32, the default on CUDA); `inversion: {sizes: authors}` runs theirs")
 
 
 def display_name(key: str) -> str:

@@ -103,7 +103,6 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
     progress("plan", 0.0, describe_estimate(plan.total_cost, inputs.device.type,
                                             torch.get_num_threads()))
     report = start_report(spec, inputs, kind, checkpoint, checkpoint_name, started)
-    trigger_provenance(report, inputs)
     if spec.plan.until is not None:
         esc = run_attempts(spec, inputs, report, sizes_of(inputs), progress=progress,
                            on_stage=on_stage, on_stage_progress=on_stage_progress)
@@ -117,6 +116,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         records["report"] = StageStatus(name="report")
         assemble(spec, plan, results, records, report)
         models = purified_models(spec, results, inputs)
+    trigger_provenance(report, inputs)  # an inverted trigger's, once its stage ran
     report.seconds = round(time.perf_counter() - t0, 3)
     report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     progress("report", 1.0, "report: done")

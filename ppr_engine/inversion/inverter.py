@@ -54,6 +54,13 @@ from .features import learn_feature_mask, stage_features
 from .generator import Output, UNet, normalized_mse, pretrained_generator
 from .scan import Scan, ScanParams, smallest_triggers
 
+# The inversion's sizes on a CPU: what the demo runs (BadNets and Blended targets found with
+# share 1.0 at 900 images, docs/RESULTS.md), where the authors' 50 / 20 / 30 epochs of a
+# width-32 generator take hours. The generator's residual output is part of it: at these
+# epochs the linear one found a Blended target with share 0.33 (docs/RESULTS.md).
+CPU_SIZES = {"pretrain_epochs": 5, "mask_epochs": 5, "gen_epochs": 10, "gen_width": 8,
+             "gen_blocks": 3, "gen_output": "residual", "batch_size": 32, "scan": 500}
+
 
 class InversionParams(BaseModel):
     """Trigger-inversion settings shared by BTI-DBF, PAM and `inverted` (the authors'
@@ -92,15 +99,33 @@ class InversionParams(BaseModel):
                          "scans: confident only when that class also needs an anomalously small "
                          "trigger (false: the generator's share alone, the authors' rule)")
     scan: ScanParams = Field(default_factory=ScanParams, description="the verifying scans")
+    sizes: Literal["auto", "authors", "cpu"] = Field(
+        "auto", description="authors: the authors' epochs and generator; cpu: the sizes that "
+        "finish on a CPU (CPU_SIZES: 5 / 5 / 10 pre-training, mask and generator epochs at "
+        "batch 32, a width-8 three-level residual UNet, scans on 500 images); auto: the "
+        "authors' on CUDA, the CPU sizes elsewhere. Fields set in the spec always win")
+
+    def on(self, device: str | None = None) -> InversionParams:
+        """These settings as they run on `device` (None: this process's default device):
+        with `sizes` cpu, or auto off CUDA, every size the spec did not set is the CPU one."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.sizes == "authors" or (self.sizes == "auto" and device.startswith("cuda")):
+            return self
+        update = {k: v for k, v in CPU_SIZES.items() if k not in self.model_fields_set}
+        if "scan" in update:
+            update["scan"] = self.scan.model_copy(update={"max_images": CPU_SIZES["scan"]})
+        return self.model_copy(update=update)
 
     def work(self, n: int, classes: int, rounds: int = 1) -> float:
-        """Image passes of `rounds` rounds on `n` images (the model's; the generator's cost,
-        a few times smaller than a CIFAR ResNet-18's, is not counted): pre-training (two
-        passes), per round the mask (one) and the generator (two), detection, and the scans
-        (once)."""
-        per_round = (self.mask_epochs + 2 * self.gen_epochs) * n
-        scan = self.scan.work(n, classes) if self.verify else 0.0
-        return float(2 * self.pretrain_epochs * n + rounds * per_round + n / 3 + scan)
+        """Image passes of `rounds` rounds on `n` images on this process's default device
+        (the model's; the generator's cost, a few times smaller than a CIFAR ResNet-18's, is
+        not counted): pre-training (two passes), per round the mask (one) and the generator
+        (two), detection, and the scans (once)."""
+        p = self.on()
+        per_round = (p.mask_epochs + 2 * p.gen_epochs) * n
+        scan = p.scan.work(n, classes) if p.verify else 0.0
+        return float(2 * p.pretrain_epochs * n + rounds * per_round + n / 3 + scan)
 
     def bound_is_absolute(self, arch: str) -> bool:
         """Whether the feature bound applies as it is to `arch`'s features."""
@@ -127,6 +152,7 @@ class Inverter:
     """BTI-DBF's generator and its rounds of inversion against a model that changes."""
 
     def __init__(self, model: nn.Module, ctx: InversionContext, p: InversionParams) -> None:
+        p = p.on(ctx.device.type)
         self.p, self.device = p, ctx.device
         self.ctx = InversionContext.of(ctx)  # the defender's data, never a known trigger
         if ctx.device.type == "cuda":  # fp32 with TF32 matrix products
@@ -218,7 +244,11 @@ class Inverter:
         """What BTI-DBF's and PAM's records (and the inverted trigger's) say of the
         inversion."""
         det = self.detection
-        return {"detection": det.record() if det else None,
+        sizes = self.p.sizes if self.p.sizes != "auto" else (
+            "authors" if self.device.type == "cuda" else "cpu")
+        return {"inversion_sizes": sizes,
+                "inversion_settings": self.p.model_dump(mode="json", exclude={"scan"}),
+                "detection": det.record() if det else None,
                 "detected_target": det.target if det else None,
                 "feature_bound_units": "absolute" if self.absolute else "relative",
                 "inversion_rounds": [asdict(r) for r in self.rounds]}
