@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ppr_engine.cost import estimated_seconds
+
 from .store.db import Dataset, Job
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -50,6 +52,9 @@ class JobView(BaseModel):
                                          "of its plan's stage costs, in CIFAR ResNet-18 image "
                                          "passes (what PPR_SPEC_LIMITS.max_work and "
                                          "PPR_MAX_ACTIVE_WORK cap)")
+    estimated_seconds: dict[str, float] | None = Field(
+        None, description="rough wall time of that work, a figure to plan by: `cuda` on one "
+        "H100-class GPU, `cpu_core` on one CPU core (divide by the worker's threads)")
     checkpoint_name: str
     checkpoint_sha256: str
     created_at: dt.datetime
@@ -66,7 +71,10 @@ class JobView(BaseModel):
             id=job.id, kind=job.kind, state=job.state, stage=job.stage, progress=job.progress,
             message=job.message, attempts=job.attempts, error=job.error,
             error_kind=job.error_kind, cancel_requested=job.cancel_requested,
-            estimated_work=getattr(job, "work", None),
+            estimated_work=(work := getattr(job, "work", None)),
+            estimated_seconds=None if work is None else {
+                "cuda": round(estimated_seconds(work, "cuda"), 1),
+                "cpu_core": round(estimated_seconds(work, "cpu", 1), 1)},
             stages=f"{base}/stages",
             checkpoint_name=job.checkpoint_name, checkpoint_sha256=job.checkpoint_sha256,
             created_at=utc(job.created_at), started_at=utc(job.started_at),

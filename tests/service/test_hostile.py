@@ -312,6 +312,9 @@ def test_each_jobs_estimate_is_served_and_a_principals_active_work_is_capped(
         # synthetic n=300: the attacker's 100 images come out of data.clean
         expected = plan_for(validate_spec(spec), Sizes(200, 300, 100, 10)).total_cost
         assert job["estimated_work"] == pytest.approx(expected)
+        # and the time that work takes, to plan by, per device kind
+        assert job["estimated_seconds"]["cuda"] == pytest.approx(expected / 8000, abs=0.1)
+        assert job["estimated_seconds"]["cpu_core"] == pytest.approx(expected / 15, abs=0.1)
     cap = Settings(data_dir=tmp_path / "capped", submit_rate_per_min=0,
                    max_active_work=2.5 * expected)
     with TestClient(create_app(cap)) as c:
