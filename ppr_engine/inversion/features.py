@@ -20,22 +20,57 @@ def last_stage(model: nn.Module) -> nn.Module:
     return submodule(model, architecture(model.arch_name).stages[-1])
 
 
+class FeatureTap:
+    """A forward hook that stays on the model's last stage: it records the stage's output
+    when asked, and multiplies it by a mask (or doubles the batch into m phi and (1 - m)
+    phi) when one is set. Registered once per model (`tap`), instead of a hook added and
+    removed on every call: per-call hooks cost two graph breaks a step under compile and a
+    registration per batch in eager. With nothing set it returns the output as it is."""
+
+    def __init__(self) -> None:
+        self.record = False
+        self.mask: torch.Tensor | None = None
+        self.split = False
+        self.seen: torch.Tensor | None = None
+
+    def __call__(self, module, args, out):
+        if self.record:
+            self.seen = out
+        if self.mask is None:
+            return None
+        if self.split:
+            return torch.cat([out * self.mask, out * (1 - self.mask)])
+        return out * self.mask
+
+    def run(self, model: nn.Module, x: torch.Tensor, *, record: bool,
+            mask: torch.Tensor | None = None, split: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """model(x) with this setting, then the tap is cleared (no tensor is kept)."""
+        self.record, self.mask, self.split = record, mask, split
+        try:
+            logits = model(x)
+            return logits, self.seen
+        finally:
+            self.record, self.mask, self.split, self.seen = False, None, False, None
+
+
+def tap(model: nn.Module) -> FeatureTap:
+    """The model's standing feature tap on its last stage, registered on first use (a deep
+    copy of the model carries its own)."""
+    existing = model.__dict__.get("_ppr_feature_tap")
+    if existing is None:
+        existing = FeatureTap()
+        last_stage(model).register_forward_hook(existing)
+        model.__dict__["_ppr_feature_tap"] = existing
+    return existing
+
+
 def stage_features(model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, the last stage's feature map); with `mask`, the map is multiplied by it
     before the head sees it (BTI-DBF's decoupling)."""
-    seen: list[torch.Tensor] = []
-
-    def hook(module, args, out):
-        seen.append(out)
-        return out * mask if mask is not None else out
-
-    handle = last_stage(model).register_forward_hook(hook)
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    return logits, seen[0]
+    logits, features = tap(model).run(model, x, record=True, mask=mask)
+    return logits, features
 
 
 def decoupled_logits(model: nn.Module, x: torch.Tensor, mask: torch.Tensor
@@ -45,15 +80,7 @@ def decoupled_logits(model: nn.Module, x: torch.Tensor, mask: torch.Tensor
     registered architecture's tail (pooling, LayerNorm, head) works image by image. In
     train mode the body's BatchNorm statistics then move once per batch, as in the authors'
     code, which also computes the features once."""
-
-    def hook(module, args, out):
-        return torch.cat([out * mask, out * (1 - mask)])
-
-    handle = last_stage(model).register_forward_hook(hook)
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
+    logits, _ = tap(model).run(model, x, record=False, mask=mask, split=True)
     return logits[:len(x)], logits[len(x):]
 
 
