@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ppr_engine.util import atomic_write_text
 
 TOOL = "ppr-audit"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -170,29 +170,18 @@ def summary(o: GateOutcome) -> dict[str, Any]:
                         for m in o.methods]}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_outputs(o: GateOutcome, *, junit: Path | None, sarif: Path | None,
                   json_path: Path | None, version: str) -> None:
     """Write each requested file (`-` as the JSON path prints to stdout)."""
     if junit:
-        write_atomic(junit, junit_xml(o))
+        atomic_write_text(junit, junit_xml(o))
     if sarif:
-        write_atomic(sarif, json.dumps(sarif_log(o, version), indent=2) + "\n")
+        atomic_write_text(sarif, json.dumps(sarif_log(o, version), indent=2) + "\n")
     if json_path:
         text = json.dumps(summary(o), indent=2) + "\n"
         if str(json_path) == "-":
             print(text, end="")
         else:
-            write_atomic(json_path, text)
+            atomic_write_text(json_path, text)

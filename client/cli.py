@@ -18,7 +18,9 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from .ci_formats import GateOutcome, clause_message, write_atomic, write_outputs
+from ppr_engine.util import atomic_write_text
+
+from .ci_formats import GateOutcome, clause_message, write_outputs
 from .client import (
     ClientError,
     PPRClient,
@@ -185,7 +187,7 @@ def _finish(o: GateOutcome, md_text: str | None, *, junit: Path | None, sarif: P
     try:
         write_outputs(o, junit=junit, sarif=sarif, json_path=json_out, version=_version())
         if markdown:
-            write_atomic(markdown, md_text if md_text is not None else
+            atomic_write_text(markdown, md_text if md_text is not None else
                          f"## ppr-audit gate\n\nThe audit did not finish: {o.error}\n")
     except OSError as exc:
         typer.echo(f"error: cannot write a report file: {exc}", err=True)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from torch import nn
 
 from . import __version__, models
 from .errors import CheckpointError
+from .util import atomic_path
 
 DEFAULT_MAX_BYTES = 4 << 30
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -266,12 +265,6 @@ def save_model(model: nn.Module, path: Path, **metadata: str) -> str:
                 model, "input_std") else ""}
     meta.update({k: str(v) for k, v in metadata.items()})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return sha256_file(path)

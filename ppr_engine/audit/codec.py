@@ -22,6 +22,7 @@ from ..errors import CheckpointError
 from ..inversion.generator import UNet
 from ..ppr.qra import PerturbationGenerator
 from ..spec import AuditSpec
+from ..util import atomic_path
 
 
 def describe(module: nn.Module) -> dict[str, Any]:
@@ -41,11 +42,9 @@ def write(module: nn.Module, path: Path) -> dict[str, Any]:
     """Save `module` at `path` (atomically); its record: kind, configuration, SHA-256."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp))
     return {**describe(module), "sha256": sha256_file(path)}
 
 
