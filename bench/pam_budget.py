@@ -33,7 +33,7 @@ CONFIGS = [
 
 
 def main() -> None:
-    demo = demo_spec(quick=True).model_dump(mode="json", exclude_none=True)
+    demo = demo_spec(quick=True).model_dump(mode="json", exclude_unset=True)
     ep = next(m for m in demo["plan"]["methods"] if m["name"] == "ep")
     methods = [ep] + [{**BASE, **params, "label": f"pam{i}"}
                       for i, (_, params) in enumerate(CONFIGS)]

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import models
 from .checkpoint import check_state_dict, save_model, sha256_file
 from .data.backdoorbench import PoisonedSamples, read_result
 from .errors import InputError
-from .spec import validate_spec
+from .spec import spec_yaml, validate_spec
 from .util import atomic_write_bytes, atomic_write_text
 
 # BackdoorBench model names (`utils/aggregate_block/model_trainer_generate.py`) whose
@@ -133,9 +132,7 @@ def import_backdoorbench(location: Path, out: Path, *, clean: str | None = None,
     for file_name, samples in parts.values():
         atomic_write_bytes(out / file_name, examples_archive(samples))
     spec_path = out / "audit.yaml"
-    atomic_write_text(spec_path, yaml.safe_dump(spec.model_dump(mode="json",
-                                                                exclude_none=True),
-                                                sort_keys=False))
+    atomic_write_text(spec_path, spec_yaml(spec))
     manifest = {
         "source": str(result.path), "source_sha256": source_sha,
         "model_name": result.model_name, "arch": name, "num_classes": result.num_classes,

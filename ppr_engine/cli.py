@@ -420,6 +420,7 @@ def demo(
     """The whole story on synthetic data: backdoor a model, audit it, write the HTML."""
     from .audit import run
     from .demo import PAM_NOTE, demo_spec, make_demo_model
+    from .spec import spec_yaml
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "backdoored.safetensors"
@@ -429,8 +430,7 @@ def demo(
             typer.echo(f"backdoored model: C-Acc {info['c_acc']:.3f}, ASR {info['asr']:.3f} "
                        f"({info['seconds']:.1f} s) -> {ckpt}")
         spec = demo_spec(quick)
-        (out / "audit.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json",
-                                                                       exclude_none=True)))
+        (out / "audit.yaml").write_text(spec_yaml(spec))
         outcome = run(spec, ckpt, progress=sink)
     paths = write_reports(outcome.report, out)
     _print_report(outcome.report, as_json)

@@ -418,6 +418,12 @@ def load_spec(source: str | Path | dict[str, Any]) -> AuditSpec:
     return validate_spec(raw)
 
 
+def spec_yaml(spec: AuditSpec) -> str:
+    """The spec as YAML that reads back as the same spec: what was set, explicit nulls
+    included (a method's `scale_to: null` means "no scaling"; dropping it would scale)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
 def validate_spec(raw: dict[str, Any]) -> AuditSpec:
     """Validate a dict as an AuditSpec, turning pydantic errors into one SpecError."""
     try:

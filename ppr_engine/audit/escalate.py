@@ -61,7 +61,7 @@ def ladder(method: MethodSpec, max_attempts: int) -> list[dict]:
             break
         trial = {**current, name: value}
         try:
-            method.model_validate({**method.model_dump(exclude_none=True), **trial})
+            method.model_validate({**method.model_dump(exclude_unset=True), **trial})
         except ValueError:  # past the parameter's bounds: this step is left out
             continue
         current = trial
@@ -78,7 +78,7 @@ def attempt_specs(spec: AuditSpec) -> list[AuditSpec]:
     """One spec per attempt: the method with that attempt's overrides, RA on (QRA and LMC
     off), no gate (the gate judges the chosen attempt, under the method's own key)."""
     method = spec.plan.methods[0]
-    base = method.model_dump(exclude_none=True)
+    base = method.model_dump(exclude_unset=True)  # explicit nulls (scale_to) kept
     out = []
     for i, overrides in enumerate(ladder(method, spec.plan.max_attempts)):
         m = MethodSpec.model_validate({**base, **overrides, "label": attempt_key(method.key, i)})

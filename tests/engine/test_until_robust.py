@@ -19,9 +19,9 @@ from ppr_engine.demo import DEMO_ATTACKER, DEMO_CLEAN, DEMO_TARGET, DEMO_TEST
 from ppr_engine.errors import SpecError
 from ppr_engine.spec import MethodSpec, validate_spec
 
-# PAM on the real trigger's images, one round of one epoch at the authors' momentum: too
-# little unlearning to hold under RA on this model; two rounds hold
-WEAK_PAM = {"name": "pam", "data": "trigger", "rounds": 1, "epochs": 1, "momentum": 0.1,
+# PAM on the real trigger's images, one round of three epochs at the authors' momentum:
+# too little unlearning to hold under RA on this model (superficial); two rounds hold
+WEAK_PAM = {"name": "pam", "data": "trigger", "rounds": 1, "epochs": 3, "momentum": 0.1,
             "augment": False, "scale_to": None}
 
 
@@ -115,3 +115,24 @@ def test_a_ladder_that_never_holds_returns_its_best_attempt_and_the_cli_exits_1(
     for name in ("purified.safetensors", "purified-attempt1.safetensors",
                  "purified-attempt2.safetensors"):
         load_model(tmp_path / name, "small_cnn", 10)
+
+
+def test_an_attempt_keeps_the_methods_explicit_nulls():
+    """`scale_to: null` (no scaling to 2,500 images) survives into every attempt: attempt 1
+    is the method as submitted, not its defaults."""
+    from ppr_engine.audit.escalate import attempt_specs
+
+    for spec in attempt_specs(validate_spec(_spec(WEAK_PAM, 3))):
+        assert spec.plan.methods[0].parsed().scale_to is None
+
+
+def test_a_written_spec_reads_back_as_the_same_spec():
+    """What `ppr demo` writes as out/demo/audit.yaml (and the BackdoorBench import its
+    spec) reproduces the run: explicit nulls kept."""
+    from ppr_engine.demo import demo_spec
+    from ppr_engine.spec import load_spec, spec_yaml
+
+    demo = demo_spec()
+    again = load_spec(spec_yaml(demo))
+    assert again == demo
+    assert [m.parsed() for m in again.plan.methods] == [m.parsed() for m in demo.plan.methods]
