@@ -130,7 +130,7 @@ def _engine_progress(sink: Callable[[str, float, str], None]) -> Callable[[str, 
 
 
 def _print_report(report, as_json: bool) -> None:
-    from .report import TABLE_HEADER, fmt, table_rows
+    from .report import TABLE_HEADER, fmt, gap_intervals, table_rows
 
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
@@ -151,6 +151,13 @@ def _print_report(report, as_json: bool) -> None:
         verdict = row[-2]
         table.add_row(*row[:-2], f"[{styles.get(verdict, 'dim')}]{verdict}[/]", row[-1])
     console.print(table)
+    budgets, gaps = gap_intervals(report)
+    if gaps:
+        intervals = Table("gap to baseline, 95% interval", *(f"{pn} ({ep} ep)"
+                                                             for pn, ep in budgets))
+        for label, cells in gaps:
+            intervals.add_row(label, *cells)
+        console.print(intervals)
     if report.headline:
         console.print(f"[bold]{escape(report.headline)}[/bold]")
     for m in report.methods:
