@@ -115,11 +115,13 @@ class Attempt:
 
 
 def rank(result: MethodResult) -> tuple:
-    """Sort key of an attempt, best first: verdict, then the largest gap, then accuracy."""
+    """Sort key of an attempt, best first: verdict, then the largest gap, then accuracy;
+    among `degraded` attempts accuracy first (the verdict says accuracy is what failed, and
+    a smaller gap bought with a broken model is no better)."""
     verdict = VERDICT_ORDER.index(result.verdict) if result.verdict in VERDICT_ORDER else 99
-    gap = result.max_gap if result.max_gap is not None else 1.0
-    drop = result.acc_drop if result.acc_drop is not None else 1.0
-    return (verdict, round(gap, 6), round(drop, 6))
+    gap = round(result.max_gap if result.max_gap is not None else 1.0, 6)
+    drop = round(result.acc_drop if result.acc_drop is not None else 1.0, 6)
+    return (verdict, drop, gap) if result.verdict == "degraded" else (verdict, gap, drop)
 
 
 def choose(attempts: list[Attempt]) -> tuple[Attempt, str]:

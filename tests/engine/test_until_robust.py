@@ -136,3 +136,22 @@ def test_a_written_spec_reads_back_as_the_same_spec():
     again = load_spec(spec_yaml(demo))
     assert again == demo
     assert [m.parsed() for m in again.plan.methods] == [m.parsed() for m in demo.plan.methods]
+
+
+def test_the_best_of_attempts_that_all_broke_the_model_is_the_least_broken():
+    """Measured on the demo (docs/RESULTS.md): PAM at momentum 0.1 was `degraded` at every
+    rung, and rho 0.9 bought the smallest gap with C-Acc 0.61; the least accuracy lost is
+    the better answer among degraded attempts, the smallest gap among the others."""
+    from ppr_engine.audit.escalate import Attempt, choose
+    from ppr_engine.report import MethodResult
+
+    def attempt(i, verdict, drop, gap):
+        return Attempt(i, {}, MethodResult(key="pam", method="pam", verdict=verdict,
+                                           acc_drop=drop, max_gap=gap), model=object())
+
+    degraded = [attempt(0, "degraded", 0.09, -0.04), attempt(1, "degraded", 0.38, -0.06)]
+    assert choose(degraded)[0].index == 0
+    mixed = [attempt(0, "superficial", 0.01, 0.5), attempt(1, "superficial", 0.02, 0.3),
+             attempt(2, "degraded", 0.2, 0.0)]
+    best, reason = choose(mixed)
+    assert best.index == 1 and reason.startswith("no attempt of 3 was robust; attempt 2")
