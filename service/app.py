@@ -16,7 +16,7 @@ from .limits import RateLimiter
 from .queue import Enqueuer
 from .routes import api_router, health, jobs
 from .settings import Settings, get_settings
-from .store.artifacts import ArtifactStore
+from .store.artifacts import open_artifacts
 from .store.db import JobStore, migrate
 
 log = logging.getLogger("ppr.service")
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, queue: Enqueuer | None = Non
         "and trace the backdoor-connected path; fetch the report."))
     app.state.settings = settings
     app.state.store = JobStore(settings.db_url)
-    app.state.artifacts = ArtifactStore(settings.artifact_dir)
+    app.state.artifacts = open_artifacts(settings)
     app.state.queue = queue or Enqueuer(settings)
     app.state.read_limiter = RateLimiter(settings.read_rate_per_s, settings.read_burst,
                                          "requests")

@@ -30,6 +30,19 @@ class Settings(BaseSettings):
                                    "queue in data_dir (embedded)")
     artifacts: Path | None = Field(None, description="artifact directory; default "
                                    "data_dir/artifacts")
+    artifact_url: str | None = Field(
+        None, description="an object store for the artifacts instead of the directory, as an "
+        "fsspec URL (`s3://bucket/prefix`): workers on machines that share no disk then share "
+        "checkpoints, stage models and reports through it")
+    artifact_endpoint_url: str | None = Field(None, description="the object store's endpoint "
+                                              "(MinIO, Ceph...); default AWS_ENDPOINT_URL or "
+                                              "AWS's own")
+    artifact_access_key_id: str | None = Field(None, description="default AWS_ACCESS_KEY_ID")
+    artifact_secret_access_key: str | None = Field(None, repr=False, description="default "
+                                                   "AWS_SECRET_ACCESS_KEY")
+    scratch_dir: Path | None = Field(None, description="local copies of a job's artifacts "
+                                     "while a stage runs (with `artifact_url`; removed after "
+                                     "each stage); default data_dir/scratch")
     tokens: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="bearer token -> principal; empty: local "
         "single-user mode")
@@ -126,6 +139,23 @@ class Settings(BaseSettings):
     def artifact_dir(self) -> Path:
         """The artifact directory in force."""
         return (self.artifacts or self.data_dir / "artifacts").resolve()
+
+    @property
+    def scratch(self) -> Path:
+        """The scratch directory in force."""
+        return (self.scratch_dir or self.data_dir / "scratch").resolve()
+
+    def artifact_options(self) -> dict:
+        """The object store's options that the settings give (the rest: the AWS_*
+        variables, read by the store's own client)."""
+        options: dict = {}
+        if self.artifact_endpoint_url:
+            options["endpoint_url"] = self.artifact_endpoint_url
+        if self.artifact_access_key_id:
+            options["key"] = self.artifact_access_key_id
+        if self.artifact_secret_access_key:
+            options["secret"] = self.artifact_secret_access_key
+        return options
 
     @property
     def embedded(self) -> bool:

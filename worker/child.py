@@ -15,7 +15,7 @@ import ppr_engine.audit  # noqa: F401  (loaded in the fork server, before any jo
 from ppr_engine.errors import Cancelled, InputError, TimeLimitExceeded
 from ppr_engine.spec import AuditSpec
 from service.settings import Settings
-from service.store.artifacts import ArtifactStore
+from service.store.artifacts import ArtifactStore, open_artifacts
 from service.store.db import JobStore
 
 log = logging.getLogger("ppr.worker")
@@ -82,7 +82,7 @@ def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
     try:
         spec = AuditSpec.model_validate_json(job.spec)
         outcome = ppr_engine.audit.run(
-            spec, artifacts.path(job.checkpoint_key), kind=job.kind, progress=writer,
+            spec, artifacts.fetch(job.checkpoint_key), kind=job.kind, progress=writer,
             resolve_dataset=dataset_resolver(store, job.principal, artifacts),
             roots=settings.data_roots or [], max_checkpoint_bytes=settings.max_upload_bytes,
             checkpoint_name=job.checkpoint_name, max_work=settings.spec_limits.max_work,
@@ -128,8 +128,11 @@ def run_child(job_id: str, worker: str, settings_json: str, conn, started: float
     """The child's entry point: run the job, send its outcome, exit."""
     settings = enter_child(settings_json, conn)
     store = JobStore(settings.db_url)
-    outcome = execute(job_id, worker, settings, store, ArtifactStore(settings.artifact_dir),
-                      started)
+    artifacts = open_artifacts(settings)
+    try:
+        outcome = execute(job_id, worker, settings, store, artifacts, started)
+    finally:
+        artifacts.release()  # nothing of the job stays on this machine's disk
     conn.send(outcome)
     conn.close()
 
@@ -141,7 +144,7 @@ def dataset_resolver(store: JobStore, principal: str, artifacts: ArtifactStore):
         ds = store.get_dataset(dataset_id, principal)
         if ds is None:
             raise DatasetError(f"dataset:{dataset_id}: no such dataset")
-        return artifacts.path(ds.key)
+        return artifacts.fetch(ds.key)
 
     return resolve
 
@@ -161,15 +164,16 @@ def save_outputs(job_id: str, kind: str, spec: AuditSpec, report, models: dict,
             stages = [s for m in report.methods for s in m.stages if s.status == "failed"]
             raise InputError(f"{key} failed: " + "; ".join(f"{s.name}: {s.error}"
                                                            for s in stages))
-        path = artifacts.path(f"{prefix}/purified.safetensors")
-        save_model(model, path, method=key,
-                   source_sha256=report.provenance.checkpoint_sha256)
+        with artifacts.writing(f"{prefix}/purified.safetensors") as path:
+            save_model(model, path, method=key,
+                       source_sha256=report.provenance.checkpoint_sha256)
         saved["purified.safetensors"] = f"{prefix}/purified.safetensors"
         for name, attempt in models.items():  # a purification run until robust: each try
             if name.startswith(f"{key}#"):
                 n = name.rsplit("#", 1)[1]
-                save_model(attempt, artifacts.path(f"{prefix}/attempt-{n}.safetensors"),
-                           method=key, source_sha256=report.provenance.checkpoint_sha256)
+                with artifacts.writing(f"{prefix}/attempt-{n}.safetensors") as path:
+                    save_model(attempt, path, method=key,
+                               source_sha256=report.provenance.checkpoint_sha256)
                 saved[f"attempt-{n}.safetensors"] = f"{prefix}/attempt-{n}.safetensors"
     for fmt in ("json", "md", "html"):
         body, _ = render(report, fmt)

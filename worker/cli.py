@@ -68,6 +68,22 @@ def heartbeat(settings, worker: str, device: str, stop: threading.Event,
         stop.wait(every)
 
 
+def own_scratch(settings, hostname: str | None):
+    """`settings` with this worker's own scratch directory (under the configured one, named
+    by its node name), emptied first: local copies of an object store's artifacts that a
+    killed run of this worker left are removed when it starts again, and never those of
+    another worker on the same disk."""
+    import re
+    import shutil
+
+    node = (hostname or "celery@%h").replace("%h", socket.gethostname())
+    scratch = settings.scratch / re.sub(r"[^A-Za-z0-9_.@-]", "_", node)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ["PPR_SCRATCH_DIR"] = str(scratch)
+    return settings.model_copy(update={"scratch_dir": scratch})
+
+
 @app.command()
 def main(
     gpu: Annotated[int | None, typer.Option(help="GPU index to bind (sets "
@@ -99,7 +115,7 @@ def main(
 
     from .tasks import build, worker_id
 
-    settings = get_settings()
+    settings = own_scratch(get_settings(), hostname)
     celery_app = build(settings)
     from .supervise import warm_up
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from service.queue import Enqueuer
 from service.settings import Settings
-from service.store.artifacts import ArtifactStore
+from service.store.artifacts import ArtifactStore, open_artifacts
 from service.store.db import JobStore
 
 from .supervise import Finished, supervise
@@ -79,7 +79,7 @@ class StoredResults:
         key = (stage_id, name)
         if key not in self._models:
             record = json.loads(self.rows[stage_id].result)["models"][name]
-            self._models[key] = codec.read(record, self.artifacts.path(record["key"]),
+            self._models[key] = codec.read(record, self.artifacts.fetch(record["key"]),
                                            self.spec, self.device)
         return self._models[key]
 
@@ -101,7 +101,7 @@ def cached_inputs(job, settings: Settings, store: JobStore, artifacts: ArtifactS
     from .child import dataset_resolver
 
     spec = AuditSpec.model_validate_json(job.spec)
-    return spec, load_inputs(spec, artifacts.path(job.checkpoint_key),
+    return spec, load_inputs(spec, artifacts.fetch(job.checkpoint_key),
                              resolve_dataset=dataset_resolver(store, job.principal, artifacts),
                              roots=settings.data_roots or [],
                              max_checkpoint_bytes=settings.max_upload_bytes)
@@ -113,8 +113,12 @@ def run_stage_child(job_id: str, stage_id: str, worker: str, settings_json: str,
     from .child import enter_child
 
     settings = enter_child(settings_json, conn)
-    store, artifacts = JobStore(settings.db_url), ArtifactStore(settings.artifact_dir)
-    conn.send(execute_stage(job_id, stage_id, worker, settings, store, artifacts))
+    store, artifacts = JobStore(settings.db_url), open_artifacts(settings)
+    try:
+        outcome = execute_stage(job_id, stage_id, worker, settings, store, artifacts)
+    finally:
+        artifacts.release()  # nothing of the job stays on this machine's disk
+    conn.send(outcome)
     conn.close()
 
 
@@ -165,7 +169,8 @@ def _store_result(job_id: str, stage_id: str, out, artifacts: ArtifactStore) -> 
     models = {}
     for name, module in out.models.items():
         key = f"jobs/{job_id}/stages/{stage_id.replace('/', '_')}/{name}.safetensors"
-        models[name] = {**codec.write(module, artifacts.path(key)), "key": key}
+        with artifacts.writing(key) as path:
+            models[name] = {**codec.write(module, path), "key": key}
     return codec.dumps({"values": out.values, "models": models})
 
 
@@ -193,7 +198,7 @@ def _report(job, spec, inputs, plan, results: StoredResults, artifacts: Artifact
     from .child import save_outputs
 
     started = job.started_at.isoformat(timespec="seconds") + "+00:00" if job.started_at else ""
-    report = start_report(spec, inputs, job.kind, artifacts.path(job.checkpoint_key),
+    report = start_report(spec, inputs, job.kind, artifacts.fetch(job.checkpoint_key),
                           job.checkpoint_name, started)
     restore_triggers(inputs, results, plan.ids)
     trigger_provenance(report, inputs)

@@ -10,7 +10,7 @@ from celery.worker import state as worker_state
 
 from service.queue import STAGE_TASK, TASK_NAME, Enqueuer, make_celery
 from service.settings import Settings, get_settings
-from service.store.artifacts import ArtifactStore
+from service.store.artifacts import ArtifactStore, open_artifacts
 from service.store.db import JobStore, migrate
 
 from . import stages
@@ -41,7 +41,7 @@ def build(settings: Settings | None = None) -> Celery:
     def stores() -> tuple[JobStore, ArtifactStore]:
         if "store" not in state:  # opened in the worker process, after any fork
             state["store"] = JobStore(settings.db_url)
-            state["artifacts"] = ArtifactStore(settings.artifact_dir)
+            state["artifacts"] = open_artifacts(settings)
             state["queue"] = Enqueuer(settings)
         return state["store"], state["artifacts"]
 

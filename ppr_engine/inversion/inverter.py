@@ -36,6 +36,7 @@ Remaining departures, each for a stated reason:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -170,7 +171,42 @@ class Inverter:
 
     def run_round(self, model: nn.Module, progress: Progress = no_progress) -> Detection:
         """One round against the current `model`: mask, generator, and (first round) the
-        target; returns the detection."""
+        target; returns the detection.
+
+        The first round is done once per audit for a given model, generator and settings:
+        BTI-DBF, PAM and the `inverted` trigger all begin by inverting the submitted model
+        from the same pre-trained generator. It runs on its own random stream and a cache hit
+        restores the generator, its optimizer and its loader as the round left them, so the
+        later rounds are the same whether it ran here or earlier."""
+        if self.rounds:
+            return self._round(model, progress)
+        key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
+               self.p.model_dump_json(), self.ctx.seed, len(self.ctx.clean))
+        if key not in self.ctx.cache:
+            with own_random_stream(self.device, self.ctx.seed):
+                self._round(model, progress)
+            self.ctx.cache[key] = copy.deepcopy(self._state())
+        else:
+            progress("inversion round 1: the audit's earlier inversion of this model", 1.0)
+            self._restore(copy.deepcopy(self.ctx.cache[key]))
+        return self.detection
+
+    def _state(self) -> dict:
+        """What a round leaves behind for the next: generator, optimizer, loader stream,
+        records and detection."""
+        return {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(),
+                "loader": self.loader.generator.get_state(), "rounds": list(self.rounds),
+                "detection": self.detection}
+
+    def _restore(self, state: dict) -> None:
+        self.gen.load_state_dict(state["gen"])
+        self.gen.eval()
+        self.opt.load_state_dict(state["opt"])
+        self.loader.generator.set_state(state["loader"])
+        self.rounds, self.detection = state["rounds"], state["detection"]
+
+    def _round(self, model: nn.Module, progress: Progress) -> Detection:
+        """One round of mask and generator training (and, first, detection)."""
         p, dev, r = self.p, self.device, len(self.rounds)
         mask, inv = learn_feature_mask(model, self.loader, p.mask_epochs, self.ctx.seed + r)
         std = model.input_std

@@ -240,7 +240,7 @@ def _report(job_id: str, principal: str, store, artifacts, format: str) -> Respo
     if job.state != "succeeded" or key is None:
         raise ApiError(409, f"job {job_id} is {job.state}; the report exists once it has "
                        "succeeded" + (f" ({job.error})" if job.error else ""), "not_ready")
-    return Response(artifacts.path(key).read_bytes(), media_type=MEDIA_TYPES[format])
+    return Response(artifacts.read_bytes(key), media_type=MEDIA_TYPES[format])
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", operation_id="get_artifact",
@@ -248,7 +248,7 @@ def _report(job_id: str, principal: str, store, artifacts, format: str) -> Respo
     200: {"description": "the artifact's bytes", "content": {"application/octet-stream": {
         "schema": {"type": "string", "format": "binary"}}}}, **ERRORS})
 def get_artifact(job_id: str, name: str, principal: Principal, store: StoreDep,
-                 artifacts: ArtifactsDep) -> FileResponse:
+                 artifacts: ArtifactsDep) -> Response:
     """A job's artifact (e.g. `purified.safetensors`)."""
     job = _job(store, job_id, principal)
     key = job.artifact_map().get(name)
@@ -256,8 +256,18 @@ def get_artifact(job_id: str, name: str, principal: Principal, store: StoreDep,
         known = ", ".join(job.artifact_map()) or "none yet"
         raise ApiError(404, f"job {job_id} has no artifact {name!r} (artifacts: {known})",
                        "not_found")
-    return FileResponse(artifacts.path(key), filename=name,
-                        media_type="application/octet-stream")
+    local = artifacts.local_path(key)
+    if local is not None:
+        return FileResponse(local, filename=name, media_type="application/octet-stream")
+    return StreamingResponse(_chunks(artifacts.open(key)), media_type="application/octet-stream",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _chunks(fh, size: int = 1 << 20):
+    """An object's bytes, streamed in chunks and closed at the end."""
+    with fh:
+        while chunk := fh.read(size):
+            yield chunk
 
 
 def spec_schema() -> dict:

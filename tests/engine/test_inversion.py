@@ -249,3 +249,42 @@ def test_a_cached_pre_training_leaves_the_callers_random_streams_as_a_fresh_one(
     assert torch.equal(rng_a, rng_b) and torch.equal(load_a, load_b)
     assert all(torch.equal(a, b) for a, b in zip(gen_a, gen_b, strict=True))
     assert torch.equal(rng_a, torch.manual_seed(1).get_state())  # nothing drawn from it
+
+
+def test_the_first_round_is_inverted_once_per_audit_and_a_hit_equals_a_miss(backdoored,
+                                                                            defender_set):
+    """BTI-DBF, PAM and the `inverted` trigger all invert the submitted model first: the
+    second inverter of one audit takes that round from the cache, and its second round (on
+    a changed model) is the one it would have run had it done the first round itself."""
+    from ppr_engine.inversion import InversionContext, Inverter
+
+    images = defender_set.subset(torch.arange(96))
+    tiny = InversionParams(pretrain_epochs=1, mask_epochs=1, gen_epochs=1, gen_width=4,
+                           gen_blocks=2, gen_output="residual", batch_size=32, augment=False,
+                           verify=False)
+    changed = copy.deepcopy(backdoored)
+    with torch.no_grad():
+        changed.linear.bias.add_(0.5)
+
+    def two_rounds(ctx, messages):
+        inverter = Inverter(backdoored, ctx, tiny)
+        inverter.run_round(backdoored, lambda m, f: messages.append(m))
+        inverter.run_round(changed)
+        return inverter
+
+    shared = InversionContext(images, images, torch.device("cpu"), seed=0)
+    first, cold, warm = [], [], []
+    two_rounds(shared, first)
+    torch.manual_seed(3)
+    again = two_rounds(shared, warm)
+    rng_warm = torch.get_rng_state()
+    torch.manual_seed(3)
+    alone = two_rounds(InversionContext(images, images, torch.device("cpu"), seed=0), cold)
+    assert warm == ["inversion round 1: the audit's earlier inversion of this model"]
+    assert any("generator epoch" in m for m in cold)
+    assert torch.equal(rng_warm, torch.get_rng_state())
+    for a, b in zip(again.gen.parameters(), alone.gen.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert again.record() == alone.record()
+    assert again.detection is not shared.cache[next(k for k in shared.cache
+                                                   if k[0] == "first round")]["detection"]

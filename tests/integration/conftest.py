@@ -61,10 +61,13 @@ class Workers:
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings, self.log_dir, self.procs = settings, log_dir, []
 
-    def start(self, name: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")
+    def start(self, name: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen:
+        """A worker named `name`, with the settings' environment plus `env`, in `cwd`."""
+        log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "ppr_cli.main", "worker", "--hostname",
-                                 f"{name}@%h"], cwd=ROOT, env=settings_env(self.settings),
+                                 f"{name}@%h"], cwd=cwd or ROOT,
+                                env={**settings_env(self.settings), **(env or {})},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
@@ -112,6 +115,22 @@ def workers(dist_settings, tmp_path):
     w = Workers(dist_settings, tmp_path)
     yield w
     w.stop_all()
+
+
+@pytest.fixture(scope="session")
+def bd3(tmp_path_factory, train_set, device):
+    """small_cnn with BadNets -> 3 (10%), the trigger of test_stages.SPEC."""
+    from ppr_engine import attacks
+    from ppr_engine.checkpoint import save_model
+
+    from ..conftest import train_small
+
+    trig = attacks.build_trigger("badnets", {"target": 3})
+    model = train_small(attacks.poison_training_set(train_set, trig, 0.1, seed=0).data, device,
+                        epochs=4)
+    path = tmp_path_factory.mktemp("bd3") / "bd3.safetensors"
+    save_model(model, path)
+    return path
 
 
 def wait_for(predicate, timeout: float, every: float = 0.3, what: str = "condition"):

@@ -52,18 +52,23 @@ def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
         before = _check(dist_settings, 60)
         assert before.returncode == 1 and "no heartbeat" in before.stderr
         w1 = workers.start("w1")
-        spec = quick_spec(["ft"])
-        spec["plan"]["methods"][0]["epochs"] = 40  # a stage long enough to ping during it
-        job_id = _submit(client, small_checkpoint, spec)
+        # a stage that outlasts the ping by far, cancelled once the ping has answered
+        long_spec = quick_spec(["ft"])
+        long_spec["plan"]["methods"][0]["epochs"] = 3000
+        long_id = _submit(client, small_checkpoint, long_spec)
         wait_for(lambda: any(s["state"] == "running" and s["id"] == "purify:ft" for s in
-                             client.get(f"/v1/jobs/{job_id}/stages").json()), 180,
+                             client.get(f"/v1/jobs/{long_id}/stages").json()), 180,
                  what=f"purify:ft running\n{workers.log('w1')}")
         # the worker answers Celery's control commands while it runs a job (issue 33)
         busy = _ping(dist_settings)
         assert busy.returncode == 0 and "w1@" in busy.stdout and "pong" in busy.stdout, (
             busy.stdout + busy.stderr)
         assert any(s["id"] == "purify:ft" and s["state"] == "running"
-                   for s in client.get(f"/v1/jobs/{job_id}/stages").json())
+                   for s in client.get(f"/v1/jobs/{long_id}/stages").json())
+        assert client.delete(f"/v1/jobs/{long_id}").status_code == 200
+        wait_for(lambda: _state(client, long_id)["state"] == "cancelled", 120,
+                 what=f"job {long_id} cancelled\n{workers.log('w1')}")
+        job_id = _submit(client, small_checkpoint, quick_spec(["ft"]))
         job = wait_for(lambda: (j := _state(client, job_id))["state"] in (
             "succeeded", "failed") and j, 180, what=f"job {job_id}\n{workers.log('w1')}")
         assert job["state"] == "succeeded", job

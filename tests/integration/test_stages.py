@@ -14,7 +14,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ppr_engine import audit
-from ppr_engine.checkpoint import save_model
 from ppr_engine.spec import validate_spec
 from service.app import create_app
 
@@ -36,21 +35,6 @@ SPEC = {
     "gate": ["all.o_cacc >= 0.0"],
 }
 NUMBERS = ("o_cacc", "o_asr", "p_asr", "baseline_p_asr", "max_gap", "qra_asr", "lmc_lambda50")
-
-
-@pytest.fixture(scope="module")
-def bd3(tmp_path_factory, train_set, device):
-    """small_cnn with BadNets -> 3 (10%), the spec's trigger."""
-    from ppr_engine import attacks
-
-    from ..conftest import train_small
-
-    trig = attacks.build_trigger("badnets", {"target": 3})
-    model = train_small(attacks.poison_training_set(train_set, trig, 0.1, seed=0).data, device,
-                        epochs=4)
-    path = tmp_path_factory.mktemp("bd3") / "bd3.safetensors"
-    save_model(model, path)
-    return path
 
 
 def _submit(client, checkpoint, spec) -> str:
