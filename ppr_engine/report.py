@@ -245,7 +245,10 @@ class AuditReport(BaseModel):
     headline: str = Field("", description="the finding in one sentence (see headline())")
     escalation: EscalationInfo | None = Field(None, description="a purification run until "
                                               "robust: its attempts (plan.until)")
-    seconds: float = 0.0
+    seconds: float = Field(0.0, description="wall time from the audit's start to its report, "
+                           "in one process or over many workers")
+    stage_seconds: float = Field(0.0, description="the stages' own times summed (over many "
+                                 "workers, more than `seconds` when stages ran side by side)")
 
     def method(self, key: str) -> MethodResult | None:
         """The result of method `key`, if it ran."""

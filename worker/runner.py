@@ -19,6 +19,7 @@ from service.settings import Settings
 from service.store.artifacts import ArtifactStore
 from service.store.db import JobStore
 
+from .retry import Busy, Retry
 from .supervise import Finished, supervise
 
 
@@ -35,13 +36,6 @@ def executor(settings: Settings, spec_json: str | None = None) -> str:
 
 log = logging.getLogger("ppr.worker")
 
-
-class Busy(Exception):
-    """Another live worker holds the job's lease: try again later."""
-
-
-class Retry(Exception):
-    """A system error; the job went back to the queue."""
 
 
 @dataclass

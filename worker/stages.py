@@ -18,6 +18,7 @@ every stage sees what the in-process executor's stages see.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -31,17 +32,11 @@ from service.settings import Settings
 from service.store.artifacts import ArtifactStore, open_artifacts
 from service.store.db import JobStore
 
+from .retry import Busy, Retry
 from .supervise import Finished, supervise
 
 log = logging.getLogger("ppr.worker")
 
-
-class Busy(Exception):
-    """Another live worker holds the stage: try again later."""
-
-
-class Retry(Exception):
-    """A system error in a stage; the stage went back to the queue."""
 
 
 def dispatch_ready(job_id: str, store: JobStore, queue: Enqueuer) -> list[str]:
@@ -190,7 +185,12 @@ def _stage_progress(store: JobStore, job_id: str, stage_id: str, settings: Setti
 def _report(job, spec, inputs, plan, results: StoredResults, artifacts: ArtifactStore
             ) -> dict[str, str]:
     """The `report` stage: assemble the report from the rows, write every output."""
-    from ppr_engine.audit import purified_models, start_report, trigger_provenance
+    from ppr_engine.audit import (
+        finish_report,
+        purified_models,
+        start_report,
+        trigger_provenance,
+    )
     from ppr_engine.audit.assemble import assemble
     from ppr_engine.audit.stages import restore_triggers
     from ppr_engine.report import StageStatus
@@ -205,10 +205,8 @@ def _report(job, spec, inputs, plan, results: StoredResults, artifacts: Artifact
     records = results.records()
     records["report"] = StageStatus(name="report")
     assemble(spec, plan, results, records, report)
-    report.seconds = round(sum(r.seconds for r in records.values()), 3)
-    import datetime as dt
-
-    report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    finish_report(report, job.started_at.replace(tzinfo=dt.UTC).timestamp()
+                  if job.started_at else time.time())
     return save_outputs(job.id, job.kind, spec, report, purified_models(spec, results, inputs),
                         artifacts)
 
@@ -272,4 +270,4 @@ def _record(job_id: str, stage_id: str, worker: str, done: Finished, store: JobS
     return done.status
 
 
-__all__ = ["Busy", "Retry", "dispatch_ready", "run_stage_task"]
+__all__ = ["dispatch_ready", "run_stage_task"]

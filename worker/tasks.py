@@ -14,7 +14,8 @@ from service.store.artifacts import ArtifactStore, open_artifacts
 from service.store.db import JobStore, migrate
 
 from . import stages
-from .runner import Busy, Retry, run_job
+from .retry import Busy, Retry
+from .runner import run_job
 
 MAX_RETRIES = 2
 
@@ -69,9 +70,9 @@ def build(settings: Settings | None = None) -> Celery:
                                          artifacts=artifacts, queue=state["queue"],
                                          worker=worker_id(), should_stop=stopping,
                                          final_attempt=self.request.retries >= MAX_RETRIES)
-        except stages.Busy:
+        except Busy:
             raise self.retry(countdown=max(5, int(settings.lease_s)), max_retries=None) from None
-        except stages.Retry as exc:
+        except Retry as exc:
             raise self.retry(countdown=10 * (self.request.retries + 1),
                              max_retries=MAX_RETRIES) from exc
 

@@ -33,8 +33,9 @@ from .plan import AuditPlan, Budget, Stage, budgets, check_plan, estimated_work,
 from .verdict import VERDICT_RULE
 
 __all__ = ["VERDICT_RULE", "AuditInputs", "AuditOutcome", "AuditPlan", "Budget",
-           "ProgressSink", "Stage", "attacker_images", "budgets", "check_plan", "load_inputs",
-           "plan_for", "refuse_overlap", "run", "sizes_of", "start_report"]
+           "ProgressSink", "Stage", "attacker_images", "budgets", "check_plan",
+           "finish_report", "load_inputs", "plan_for", "refuse_overlap", "run", "sizes_of",
+           "start_report"]
 
 
 @dataclass
@@ -61,6 +62,17 @@ def start_report(spec: AuditSpec, inputs: AuditInputs, kind: str, checkpoint: Pa
         data=inputs.provenance, spec=spec.model_dump(mode="json"), seed=spec.seed,
         engine_version=__version__, torch_version=torch.__version__,
         device=str(inputs.device), started_at=started))
+
+
+def finish_report(report: AuditReport, started: float) -> None:
+    """What both executors do last: `seconds` is the wall time since the audit started
+    (`started`, a Unix time) and `stage_seconds` the stages' own times summed, whichever
+    executor ran them; the finish time goes in the provenance."""
+    now = time.time()
+    report.seconds = round(now - started, 3)
+    report.stage_seconds = round(sum(s.seconds for s in report.stages), 3)
+    report.provenance.finished_at = dt.datetime.fromtimestamp(now, dt.UTC).isoformat(
+        timespec="seconds")
 
 
 def check_work(spec: AuditSpec, inputs: AuditInputs, max_work: float | None) -> None:
@@ -90,8 +102,8 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
     modifies it. With `max_work` (a service's cap), a spec whose estimated work on the
     loaded data exceeds it is refused before any work starts; `on_stage` sees every stage
     start and end."""
-    t0 = time.perf_counter()
-    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    t0 = time.time()
+    started = dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(timespec="seconds")
     check_subjects(spec.gate, [m.key for m in spec.plan.methods] or ["model"])
     check_plan(spec)
     checkpoint = Path(checkpoint)
@@ -117,8 +129,7 @@ def run(spec: AuditSpec, checkpoint: Path, *, kind: str = "audit",
         assemble(spec, plan, results, records, report)
         models = purified_models(spec, results, inputs)
     trigger_provenance(report, inputs)  # an inverted trigger's, once its stage ran
-    report.seconds = round(time.perf_counter() - t0, 3)
-    report.provenance.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    finish_report(report, t0)
     progress("report", 1.0, "report: done")
     return AuditOutcome(report, {k: m for k, m in models.items() if m is not None}, plan)
 

@@ -88,6 +88,11 @@ def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
             assert (a is None) == (b is None) and (a is None or abs(a - b) <= 0.02), \
                 (m.key, name, a, b)
     assert remote["baseline"]["p_asr"] == pytest.approx(local.report.baseline.p_asr, abs=0.02)
+    # `seconds` is the wall time and `stage_seconds` the stages' sum in both executors: in
+    # one process the stages run one after another within the wall time
+    assert local.report.seconds >= local.report.stage_seconds > 0
+    assert remote["stage_seconds"] > 0 and remote["seconds"] >= max(
+        s["seconds"] for s in remote["stages"])
 
 
 def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers, bd3):
