@@ -79,14 +79,14 @@ def ibau(model, ctx: DefenseContext, p: IBAUParams) -> Purified:
             dd = delta.clone().requires_grad_(True)
             (gd,) = torch.autograd.grad(inner(dd), dd, create_graph=True)
             phi = dd - p.inner_step * gd
+            # the fixed-point iteration's early exit as a mask (once it has converged, v
+            # stays), so no step waits for the host to read a norm
             v = torch.zeros_like(a)
+            done = torch.zeros((), dtype=torch.bool, device=a.device)
             for _ in range(p.K):
                 (jv,) = torch.autograd.grad(phi, dd, grad_outputs=v, retain_graph=True)
                 v_new = jv + a
-                if (v_new - v).norm() < 1e-10:
-                    v = v_new
-                    break
-                v = v_new
+                v, done = torch.where(done, v, v_new), done | ((v_new - v).norm() < 1e-10)
             hyper = torch.autograd.grad(phi, params, grad_outputs=v, allow_unused=True)
             opt.zero_grad(set_to_none=True)
             for q, h, cq in zip(params, hyper, c, strict=True):

@@ -109,14 +109,14 @@ def sau(model, ctx: DefenseContext, p: SAUParams) -> Purified:
             loss = p.lambda_1 * F.cross_entropy(logits, y)
             if p.lambda_2:
                 loss = loss + p.lambda_2 * F.cross_entropy(per_logits, y)
-            if bool(poison.any()):
-                prob = per_logits.softmax(1).gather(1, lab_ref[:, None]).squeeze(1)[poison]
-                shared = -(torch.log(1 + 1e-6 - prob.clamp(min=0.001))).sum() / len(x)
-                loss = loss + p.lambda_3 * shared
-                shared_seen += int(poison.sum())
+            # the shared term over the fooled images only, as a mask: no host sync per step
+            prob = per_logits.softmax(1).gather(1, lab_ref[:, None]).squeeze(1)
+            shared = -(torch.log(1 + 1e-6 - prob.clamp(min=0.001)) * poison).sum() / len(x)
+            loss = loss + p.lambda_3 * shared
+            shared_seen = shared_seen + poison.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         ctx.progress(f"sau: epoch {epoch + 1}/{p.epochs}", (epoch + 1) / p.epochs)
     model.eval()
-    return Purified(model, {"epochs": p.epochs, "shared_examples": shared_seen})
+    return Purified(model, {"epochs": p.epochs, "shared_examples": int(shared_seen)})

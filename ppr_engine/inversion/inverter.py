@@ -14,7 +14,8 @@ each round, against the *current* model:
     feature bound; from the second round on G is also pulled toward the detected class (CE);
 (3) in the first round, detect the target (`detection.detect_target`), and verify it with
     the smallest-trigger scans (`scan.smallest_triggers`).
-Mask, pre-training, generator and detection run in fp32 on every device (TF32 allowed):
+Mask, pre-training, generator and detection run in fp32 on every device (TF32 allowed
+within the inversion's own work, `tf32_matmuls`, the process's flags restored after it):
 feature differences are small, and bf16 rounding is of the signal's order.
 
 The feature bound is in the authors' units where the features are theirs: an absolute 3 on
@@ -49,7 +50,7 @@ from ..bounds import budget
 from ..data import DeviceLoader
 from ..models import architecture, model_fingerprint
 from ..train import Progress, no_progress
-from .context import InversionContext, own_random_stream
+from .context import InversionContext, own_random_stream, tf32_matmuls
 from .detection import Detection, detect_target
 from .features import learn_feature_mask, stage_features
 from .generator import Output, UNet, normalized_mse, pretrained_generator
@@ -156,14 +157,12 @@ class Inverter:
         p = p.on(ctx.device.type)
         self.p, self.device = p, ctx.device
         self.ctx = InversionContext.of(ctx)  # the defender's data, never a known trigger
-        if ctx.device.type == "cuda":  # fp32 with TF32 matrix products
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         self.loader = DeviceLoader(ctx.clean, p.batch_size, shuffle=True, augment=p.augment,
                                    device=ctx.device, seed=ctx.seed)
-        self.gen = pretrained_generator(model, self.ctx, self.loader, width=p.gen_width,
-                                        blocks=p.gen_blocks, output=p.gen_output,
-                                        epochs=p.pretrain_epochs, lr=p.gen_lr)
+        with tf32_matmuls(ctx.device):  # fp32 with TF32 matrix products, this work only
+            self.gen = pretrained_generator(model, self.ctx, self.loader, width=p.gen_width,
+                                            blocks=p.gen_blocks, output=p.gen_output,
+                                            epochs=p.pretrain_epochs, lr=p.gen_lr)
         self.opt = torch.optim.Adam(self.gen.parameters(), lr=p.gen_lr)
         self.absolute = p.bound_is_absolute(model.arch_name)
         self.detection: Detection | None = None
@@ -179,11 +178,12 @@ class Inverter:
         restores the generator, its optimizer and its loader as the round left them, so the
         later rounds are the same whether it ran here or earlier."""
         if self.rounds:
-            return self._round(model, progress)
+            with tf32_matmuls(self.device):
+                return self._round(model, progress)
         key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
                self.p.model_dump_json(), self.ctx.seed, len(self.ctx.clean))
         if key not in self.ctx.cache:
-            with own_random_stream(self.device, self.ctx.seed):
+            with own_random_stream(self.device, self.ctx.seed), tf32_matmuls(self.device):
                 self._round(model, progress)
             self.ctx.cache[key] = copy.deepcopy(self._state())
         else:

@@ -19,6 +19,7 @@ from torch import nn
 from ..attacks import Trigger
 from ..data import DeviceLoader, ImageSet
 from ..metrics import attack_success_rate, target_rate
+from ..models import frozen_copy
 from ..spec import QRASpec
 from ..train import Progress, autocast, no_progress
 
@@ -76,10 +77,10 @@ def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, dat
     torch.manual_seed(seed)
     gen = PerturbationGenerator(tuple(data.x.shape[1:]), spec.hidden, spec.eps / 255).to(device)
     opt = torch.optim.SGD(gen.parameters(), lr=spec.lr, momentum=spec.momentum)
-    for m in (purified, retuned, reference):
-        m.eval()
-        for q in m.parameters():
-            q.requires_grad_(False)
+    # frozen eval-mode copies: the gradient reaches the generator only, and the models the
+    # caller shares with other stages (the baseline, a purified model) are never touched
+    purified, retuned, reference = (frozen_copy(m, train_mode=False)
+                                    for m in (purified, retuned, reference))
     # the retuned model's answers depend on the image alone (eval mode, no augmentation):
     # computed once, not once per epoch, and looked up by position
     data = replace(data, index=torch.arange(len(data), device=data.x.device))
@@ -87,23 +88,18 @@ def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, dat
         answers = torch.cat([F.softmax(retuned(x).float(), 1) for x, _ in DeviceLoader(
             data, spec.batch_size, shuffle=False, device=device)])
     loader = DeviceLoader(data, spec.batch_size, shuffle=True, device=device, seed=seed)
-    try:
-        for epoch in range(spec.epochs):
-            for x, y, at in loader.indexed():
-                with autocast(device):
-                    p_ra = answers[at]
-                    xp = gen(x)
-                    kl = F.kl_div(F.log_softmax(purified(xp).float(), 1), p_ra,
-                                  reduction="batchmean")
-                    loss = spec.alpha * kl + F.cross_entropy(reference(xp).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            progress(f"qra: epoch {epoch + 1}/{spec.epochs}", (epoch + 1) / spec.epochs)
-    finally:
-        for m in (purified, retuned, reference):
-            for q in m.parameters():
-                q.requires_grad_(True)
+    for epoch in range(spec.epochs):
+        for x, y, at in loader.indexed():
+            with autocast(device):
+                p_ra = answers[at]
+                xp = gen(x)
+                kl = F.kl_div(F.log_softmax(purified(xp).float(), 1), p_ra,
+                              reduction="batchmean")
+                loss = spec.alpha * kl + F.cross_entropy(reference(xp).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        progress(f"qra: epoch {epoch + 1}/{spec.epochs}", (epoch + 1) / spec.epochs)
     return gen.eval()
 
 

@@ -288,3 +288,23 @@ def test_the_first_round_is_inverted_once_per_audit_and_a_hit_equals_a_miss(back
     assert again.record() == alone.record()
     assert again.detection is not shared.cache[next(k for k in shared.cache
                                                    if k[0] == "first round")]["detection"]
+
+
+def test_the_inversions_tf32_flags_are_its_own_and_restored():
+    """The inversion allows TF32 for its own fp32 work on CUDA and gives the process its
+    flags back, so a stage run after it (or beside it) computes as it would alone."""
+    from ppr_engine.inversion.context import tf32_matmuls
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with tf32_matmuls(torch.device("cuda")):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        with pytest.raises(RuntimeError), tf32_matmuls(torch.device("cuda")):
+            raise RuntimeError("a failed round")
+        assert not torch.backends.cuda.matmul.allow_tf32  # restored on an error too
+        with tf32_matmuls(torch.device("cpu")):  # nothing to change off CUDA
+            assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -71,7 +71,13 @@ def test_qra_regularizer_uses_the_reference_model(defender_set, badnets, backdoo
     diff = sum(float((a - b).abs().sum()) for a, b in zip(g1.parameters(), g2.parameters(),
                                                           strict=True))
     assert diff > 0  # another reference model, another generator
-    assert all(q.requires_grad for q in backdoored.parameters())  # models restored
+    # the caller's models are untouched (other stages share them): mode, flags, no grads
+    given = copy.deepcopy(backdoored).train()
+    before = {k: v.clone() for k, v in given.state_dict().items()}
+    train_qra(given, given, given, ds, spec, device=device, seed=0)
+    assert given.training and all(q.requires_grad and q.grad is None
+                                  for q in given.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in given.state_dict().items())
 
 
 def test_lmc_end_points_reproduce_the_two_models(backdoored, clean_model, defender_set,

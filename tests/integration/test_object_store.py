@@ -21,7 +21,7 @@ from ppr_engine.spec import validate_spec
 from service.app import create_app
 
 from .conftest import wait_for
-from .test_stages import NUMBERS, SPEC, _submit
+from .test_stages import SPEC, _submit, assert_same_methods
 
 pytestmark = pytest.mark.integration
 
@@ -103,10 +103,4 @@ def test_two_workers_share_an_audit_through_an_object_store(dist_settings, worke
         assert not [f for f in _files(home) if job_id in f or f.endswith(".safetensors")
                     or f.startswith("scratch/") and f.count("/") > 1], (name, _files(home))
     assert not [f for f in _files(dist_settings.data_dir) if f.endswith(".safetensors")]
-    for m in local.methods:
-        r = next(x for x in remote["methods"] if x["key"] == m.key)
-        assert r["verdict"] == m.verdict, m.key
-        for name in NUMBERS:
-            a, b = getattr(m, name), r[name]
-            assert (a is None) == (b is None) and (a is None or abs(a - b) <= 0.02), \
-                (m.key, name, a, b)
+    assert_same_methods(local, remote)

@@ -37,6 +37,18 @@ SPEC = {
 NUMBERS = ("o_cacc", "o_asr", "p_asr", "baseline_p_asr", "max_gap", "qra_asr", "lmc_lambda50")
 
 
+def assert_same_methods(local, remote: dict) -> None:
+    """Every method of the in-process report `local` has the verdict and, within 0.02, the
+    numbers of the served report `remote` (the executors' random streams are the same)."""
+    for m in local.methods:
+        r = next(x for x in remote["methods"] if x["key"] == m.key)
+        assert r["verdict"] == m.verdict, m.key
+        for name in NUMBERS:
+            a, b = getattr(m, name), r[name]
+            assert (a is None) == (b is None) and (a is None or abs(a - b) <= 0.02), \
+                (m.key, name, a, b)
+
+
 def _submit(client, checkpoint, spec) -> str:
     r = client.post("/v1/audits", files={"checkpoint": (checkpoint.name,
                                                         checkpoint.read_bytes())},
@@ -80,13 +92,7 @@ def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
         (s["id"], s["state"], s["attempts"], s["error"]) for s in after]
     assert len({r.worker for r in rows if r.worker}) == 2  # one audit, two workers
     assert [s["name"] for s in remote["stages"]] == [s.name for s in local.report.stages]
-    for m in local.report.methods:
-        r = next(x for x in remote["methods"] if x["key"] == m.key)
-        assert r["verdict"] == m.verdict, m.key
-        for name in NUMBERS:
-            a, b = getattr(m, name), r[name]
-            assert (a is None) == (b is None) and (a is None or abs(a - b) <= 0.02), \
-                (m.key, name, a, b)
+    assert_same_methods(local.report, remote)
     assert remote["baseline"]["p_asr"] == pytest.approx(local.report.baseline.p_asr, abs=0.02)
     # `seconds` is the wall time and `stage_seconds` the stages' sum in both executors: in
     # one process the stages run one after another within the wall time
