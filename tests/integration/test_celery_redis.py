@@ -54,7 +54,7 @@ def test_job_runs_on_a_real_worker(dist_settings, workers, small_checkpoint):
         w1 = workers.start("w1")
         # a stage that outlasts the ping by far, cancelled once the ping has answered
         long_spec = quick_spec(["ft"])
-        long_spec["plan"]["methods"][0]["epochs"] = 3000
+        long_spec["plan"]["methods"][0]["epochs"] = 500  # the service's limit: a minute or more
         long_id = _submit(client, small_checkpoint, long_spec)
         wait_for(lambda: any(s["state"] == "running" and s["id"] == "purify:ft" for s in
                              client.get(f"/v1/jobs/{long_id}/stages").json()), 180,

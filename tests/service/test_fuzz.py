@@ -12,7 +12,7 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from service.app import create_app
 from service.settings import Settings
@@ -43,6 +43,10 @@ def test_every_operation_answers_within_its_schema(case):
     excluded = [positive_data_acceptance]
     if case.operation.path == "/readyz":  # 503 "not ready" is its documented answer here
         excluded.append(not_a_server_error)
+    if case.operation.path == "/v1/datasets" and case.method == "POST":
+        # a multipart field is text: a dataset `name` "mutated" to the number 60.0 arrives
+        # as the valid name "60.0", which schemathesis would count as accepted invalid data
+        excluded.append(negative_data_rejection)
     case.call_and_validate(excluded_checks=excluded,
                            headers={"Authorization": f"Bearer {TOKEN}"})
     if COUNT_FILE:
