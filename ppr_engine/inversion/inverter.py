@@ -177,18 +177,18 @@ class Inverter:
         from the same pre-trained generator. It runs on its own random stream and a cache hit
         restores the generator, its optimizer and its loader as the round left them, so the
         later rounds are the same whether it ran here or earlier."""
-        if self.rounds:
-            with tf32_matmuls(self.device):
+        with tf32_matmuls(self.device):
+            if self.rounds:
                 return self._round(model, progress)
-        key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
-               self.p.model_dump_json(), self.ctx.seed, len(self.ctx.clean))
-        if key not in self.ctx.cache:
-            with own_random_stream(self.device, self.ctx.seed), tf32_matmuls(self.device):
-                self._round(model, progress)
-            self.ctx.cache[key] = copy.deepcopy(self._state())
-        else:
-            progress("inversion round 1: the audit's earlier inversion of this model", 1.0)
-            self._restore(copy.deepcopy(self.ctx.cache[key]))
+            key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
+                   self.p.model_dump_json(), self.ctx.seed, len(self.ctx.clean))
+            if key not in self.ctx.cache:
+                with own_random_stream(self.device, self.ctx.seed):
+                    self._round(model, progress)
+                self.ctx.cache[key] = copy.deepcopy(self._state())
+            else:
+                progress("inversion round 1: the audit's earlier inversion of this model", 1.0)
+                self._restore(copy.deepcopy(self.ctx.cache[key]))
         return self.detection
 
     def _state(self) -> dict:
