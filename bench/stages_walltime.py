@@ -53,7 +53,7 @@ def distributed(spec: dict, checkpoint: Path, n: int, broker: str, tmp: Path,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for i in range(n)]
         try:
-            while client.app.state.store.live_workers(within_s=30) < n:
+            while client.app.state.store.workers.live(within_s=30) < n:
                 time.sleep(0.5)
             start = time.perf_counter()
             r = client.post("/v1/audits", files={"checkpoint": (checkpoint.name,

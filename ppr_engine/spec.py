@@ -359,17 +359,12 @@ class AuditSpec(_Strict):
             "methods": [method]})})
 
 
-# gate fields and the kind of stage that computes them (ppr_engine.audit.plan)
-FIELD_STAGES = {"p_asr": "retune", "p_cacc": "retune", "baseline_p_asr": "retune",
-                "gap": "retune", "max_gap": "retune", "qra_asr": "qra",
-                "qra_clean_to_target": "qra", "lmc_lambda50": "lmc"}
-
-
 def check_plan(spec: AuditSpec) -> None:
     """Refuse what no executor could run, naming what is missing: a method that needs
     BatchNorm on an architecture without it, QRA without RA (QRA is guided by the RA
     model), a gate clause on a field no stage of the plan computes."""
     from .audit.escalate import check_escalation
+    from .audit.kinds import field_kinds
     from .defenses import DEFENSES, NEEDS_BATCHNORM
     from .gate import parse_clause
     from .models import has_batchnorm
@@ -384,15 +379,15 @@ def check_plan(spec: AuditSpec) -> None:
     if plan.qra.enabled and not plan.retune.enabled and spec.triggers:
         raise SpecError("plan.qra needs the retune stages (QRA is guided by the RA model): "
                         "set plan.retune.enabled: true, or plan.qra.enabled: false")
-    enabled = {"retune": plan.retune.enabled, "qra": plan.qra.enabled, "lmc": plan.lmc.enabled}
+    computed_by = field_kinds()
     for text in spec.gate:
         c = parse_clause(text)
-        kind = FIELD_STAGES.get(c.field) if c.subject not in ("model", "baseline") else None
-        if kind is not None and (not enabled[kind] or not spec.triggers):
+        kind = computed_by.get(c.field) if c.subject not in ("model", "baseline") else None
+        if kind is not None and (not kind.enabled(spec) or not spec.triggers):
             why = ("there is no trigger" if not spec.triggers
-                   else f"plan.{kind}.enabled is false")
-            raise SpecError(f"gate clause {text!r} needs the {kind} stages, which this plan "
-                            f"does not run ({why})")
+                   else f"plan.{kind.name}.enabled is false")
+            raise SpecError(f"gate clause {text!r} needs the {kind.name} stages, which this "
+                            f"plan does not run ({why})")
 
 
 def load_spec(source: str | Path | dict[str, Any]) -> AuditSpec:

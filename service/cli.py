@@ -67,7 +67,7 @@ def main(
     typer.echo(f"ppr-audit: {mode}; data in {settings.data_dir.resolve()}; "
                f"http://{host}:{port}/docs", err=True)
     store = JobStore(settings.db_url)
-    for job_id in store.recoverable():
+    for job_id in store.jobs.recoverable():
         application.state.queue.enqueue(job_id)
     child = None
     if worker if worker is not None else settings.embedded:

@@ -28,7 +28,7 @@ def dispatch(store: JobStore, queue: Enqueuer, job_id: str) -> bool:
         log.warning("job %s stored but not yet queued (broker: %s); the dispatcher retries",
                     job_id, type(exc).__name__)
         return False
-    store.mark_dispatched(job_id)
+    store.jobs.mark_dispatched(job_id)
     return True
 
 
@@ -49,7 +49,7 @@ class Dispatcher:
         """One pass; returns how many jobs and stages were sent."""
         sent = 0
         try:
-            for job_id in self.store.undispatched(self.min_age_s):
+            for job_id in self.store.jobs.undispatched(self.min_age_s):
                 if not dispatch(self.store, self.queue, job_id):
                     return sent  # the broker is still down: try again next pass
                 sent += 1
@@ -63,16 +63,16 @@ class Dispatcher:
         between finishing its stage and sending the next), and stages whose worker died
         (expired lease): sent again; each expired one at most once a lease period."""
         sent = 0
-        for job_id in self.store.staged_jobs():
-            for stage_id in self.store.ready_stages(job_id):
+        for job_id in self.store.jobs.staged():
+            for stage_id in self.store.stages.ready(job_id):
                 try:
                     self.queue.enqueue_stage(job_id, stage_id)
                 except Exception:
-                    self.store.undispatch_stage(job_id, stage_id)
+                    self.store.stages.undispatch(job_id, stage_id)
                     raise
                 sent += 1
         now = time.monotonic()
-        for job_id, stage_id in self.store.stale_stages():
+        for job_id, stage_id in self.store.stages.stale():
             if now - self._resent.get((job_id, stage_id), -1e9) < self.resend_s:
                 continue
             self._resent[(job_id, stage_id)] = now

@@ -48,7 +48,7 @@ def check_data_refs(spec: AuditSpec, principal: str, store: JobStore,
         if ref.kind == "synthetic":
             continue
         if ref.kind == "dataset":
-            if store.get_dataset(ref.location, principal) is None:
+            if store.datasets.get(ref.location, principal) is None:
                 raise DatasetError(f"{text}: no such dataset")
             continue
         if not settings.data_roots:
@@ -65,7 +65,7 @@ def check_device(spec: AuditSpec, store: JobStore) -> None:
     GPUs one worker sees); with no live worker the job waits for one, as any job does."""
     if not spec.device or not spec.device.startswith("cuda"):
         return
-    fleet = store.fleet_devices()
+    fleet = store.workers.devices()
     if not fleet:
         return
     gpus = max((int(d.partition(":")[2] or 1) for d in fleet if d.startswith("cuda")),
@@ -82,7 +82,8 @@ def plan_rows(spec: AuditSpec, sizes=None) -> list[dict]:
     the data's `sizes` where known, else nominal CIFAR-scale ones)."""
     from ppr_engine.audit.plan import NOMINAL, plan_for
 
-    return [{"id": s.id, "kind": s.kind, "needs": list(s.needs), "waits": list(s.waits_for()),
+    return [{"id": str(s.id), "kind": s.kind, "needs": [str(n) for n in s.needs],
+             "waits": [str(w) for w in s.waits_for()],
              "cost": s.cost} for s in plan_for(spec, sizes or NOMINAL)]
 
 
@@ -92,7 +93,7 @@ def check_active_work(rows: list[dict], principal: str, store: JobStore,
     jobs' would pass `max_active_work`: one principal cannot hold the fleet for days with
     many jobs each under the per-job cap."""
     work = sum(r["cost"] for r in rows)
-    active = store.active_work(principal)
+    active = store.jobs.active_work(principal)
     if active + work > settings.max_active_work:
         raise RateLimited(f"this job's estimated work ({work:.3g} image passes) on top of your "
                           f"queued and running jobs' ({active:.3g}) passes the limit of "
@@ -107,7 +108,7 @@ def data_size(text: str, principal: str, store: JobStore) -> int | None:
     n = ref.options.get("n")
     if ref.kind == "synthetic":
         return int(n or 6000)
-    if ref.kind == "dataset" and (ds := store.get_dataset(ref.location, principal)) is not None:
+    if ref.kind == "dataset" and (ds := store.datasets.get(ref.location, principal)) is not None:
         files = int(ds.files)
         frac = ref.options.get("fraction")
         return min(files, int(n)) if n else round(files * float(frac)) if frac else files
@@ -182,7 +183,7 @@ def fingerprint(kind: str, method: str | None, checkpoint_sha256: str,
 
 def _replay(store: JobStore, principal: str, key: str, request_sha256: str) -> Accepted:
     """The earlier job of `key`, if it came from the same request; 422 otherwise."""
-    job = store.by_idempotency_key(principal, key)
+    job = store.jobs.by_idempotency_key(principal, key)
     if job is None:  # pragma: no cover - only after a concurrent delete, which has no API
         raise ApiError(409, f"{IDEMPOTENCY_HEADER} {key!r} is being used; retry")
     if job.request_sha256 != request_sha256:
@@ -218,7 +219,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
             request_sha256 = fingerprint(kind, method if until is None else
                                          f"{method}?until={until}", upload.sha256,
                                          form.fields.get(SPEC_FIELD))
-            if store.by_idempotency_key(principal, key) is not None:
+            if store.jobs.by_idempotency_key(principal, key) is not None:
                 upload.abort()
                 return _replay(store, principal, key, request_sha256)
         raw_spec = form.fields.get(SPEC_FIELD)
@@ -230,7 +231,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
         check_device(spec, store)
         size_of = lambda ref: data_size(ref, principal, store)  # noqa: E731
         check_budgets(spec, limits, size_of)
-        active = store.active(principal)
+        active = store.jobs.active(principal)
         if active >= settings.max_active_jobs:
             raise RateLimited(f"{active} of your jobs are queued or running (the limit is "
                               f"{settings.max_active_jobs}); wait for one to finish", 30)
@@ -245,7 +246,7 @@ async def accept(request: Request, *, kind: str, method: str | None, principal: 
         ckpt_key = f"{prefix}/checkpoint{suffix if suffix in SUFFIXES else '.bin'}"
         upload.commit(ckpt_key)
         try:
-            store.create_job(job_id=job_id, principal=principal, kind=kind,
+            store.jobs.create(job_id=job_id, principal=principal, kind=kind,
                              spec=spec.model_dump(mode="json"),
                              checkpoint_name=Path(form.filename).name[:255] or "checkpoint",
                              checkpoint_sha256=upload.sha256, checkpoint_key=ckpt_key,

@@ -42,7 +42,7 @@ class ProgressWriter:
         if not stage_changed and now - self.last < self.settings.progress_interval_s:
             return
         self.last, self.stage = now, stage
-        cancel = self.store.heartbeat(self.job_id, self.worker, self.settings.lease_s,
+        cancel = self.store.jobs.heartbeat(self.job_id, self.worker, self.settings.lease_s,
                                       stage=stage, progress=max(0.0, min(1.0, fraction)),
                                       message=message)
         if cancel:
@@ -54,7 +54,7 @@ class ProgressWriter:
         now = time.monotonic()
         if now - self.stage_written >= self.settings.progress_interval_s:
             self.stage_written = now
-            self.store.record_stage(self.job_id, stage_id, progress=fraction)
+            self.store.stages.record(self.job_id, stage_id, progress=fraction)
 
 
 STATES = {"ok": "ok", "failed": "failed", "skipped": "skipped", "running": "running"}
@@ -68,7 +68,7 @@ def stage_recorder(store: JobStore, job_id: str):
         values = {"state": STATES.get(status.status, status.status), "error": status.error}
         if status.status != "running":
             values.update(seconds=status.seconds, progress=1.0)
-        store.record_stage(job_id, status.name, **values)
+        store.stages.record(job_id, status.name, **values)
 
     return record
 
@@ -76,7 +76,7 @@ def stage_recorder(store: JobStore, job_id: str):
 def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
             artifacts: ArtifactStore, started: float | None = None) -> dict[str, Any]:
     """Run the claimed job and return its outcome (the fields of `supervise.Finished`)."""
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     assert job is not None
     writer = ProgressWriter(store, job_id, worker, settings, started)
     try:
@@ -90,7 +90,7 @@ def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
         written = time.perf_counter()
         saved = save_outputs(job_id, job.kind, spec, outcome.report, outcome.models,
                              artifacts)
-        store.record_stage(job_id, "report", state="ok", progress=1.0,
+        store.stages.record(job_id, "report", state="ok", progress=1.0,
                            seconds=round(time.perf_counter() - written, 3))
     except TimeLimitExceeded as exc:
         return {"status": "failed", "error": str(exc), "error_kind": "time_limit"}
@@ -141,7 +141,7 @@ def dataset_resolver(store: JobStore, principal: str, artifacts: ArtifactStore):
     from ppr_engine.errors import DatasetError
 
     def resolve(dataset_id: str) -> Path:
-        ds = store.get_dataset(dataset_id, principal)
+        ds = store.datasets.get(dataset_id, principal)
         if ds is None:
             raise DatasetError(f"dataset:{dataset_id}: no such dataset")
         return artifacts.fetch(ds.key)

@@ -30,7 +30,7 @@ def health(max_age: float) -> int:
 
     host = socket.gethostname()
     try:
-        age = JobStore(get_settings().db_url).heartbeat_age(f"{host}:")
+        age = JobStore(get_settings().db_url).workers.heartbeat_age(f"{host}:")
     except Exception as exc:  # noqa: BLE001 - an unreachable store is an unhealthy worker
         typer.echo(f"unhealthy: the job store is unreachable ({type(exc).__name__})", err=True)
         return 1
@@ -62,7 +62,7 @@ def heartbeat(settings, worker: str, device: str, stop: threading.Event,
     store = JobStore(settings.db_url)
     while not stop.is_set():
         try:
-            store.worker_seen(worker, device)
+            store.workers.seen(worker, device)
         except Exception:  # noqa: BLE001 - a missed heartbeat only delays readiness
             pass
         stop.wait(every)

@@ -49,14 +49,14 @@ def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: Arti
             worker: str, final_attempt: bool = True,
             should_stop: Callable[[], bool] = lambda: False, queue=None) -> Outcome:
     """Process one delivery of `job_id`."""
-    claim = store.claim(job_id, worker, settings.lease_s)
+    claim = store.jobs.claim(job_id, worker, settings.lease_s)
     log.info("job %s: claim by %s -> %s", job_id, worker, claim)
     if claim in ("finished", "missing", "cancelled"):
         log.info("job %s: %s, nothing to do", job_id, claim)
         return Outcome("skipped")
     if claim == "busy":
         raise Busy(job_id)
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     if executor(settings, job.spec if job is not None else None) == "stages":
         from .stages import dispatch_ready
 
@@ -68,7 +68,7 @@ def run_job(job_id: str, *, settings: Settings, store: JobStore, artifacts: Arti
         done = Finished(**execute(job_id, worker, settings, store, artifacts))
     else:
         done = supervise(run_child, (job_id, worker, settings.model_dump_json()),
-                         renew=lambda: store.renew(job_id, worker, settings.lease_s),
+                         renew=lambda: store.jobs.renew(job_id, worker, settings.lease_s),
                          should_stop=should_stop, time_limit_s=settings.job_time_limit_s)
     return _record(job_id, worker, done, store, artifacts, final_attempt)
 
@@ -77,24 +77,24 @@ def _record(job_id: str, worker: str, done: Finished, store: JobStore,
             artifacts: ArtifactStore, final_attempt: bool) -> Outcome:
     """Mark the job as `done` says (or give it back to the queue)."""
     if done.status == "released":
-        store.release(job_id, worker, done.error or "released")
+        store.jobs.release(job_id, worker, done.error or "released")
         return Outcome("released")
     if done.status != "succeeded":
         artifacts.delete_prefix(f"jobs/{job_id}/out")  # no output of an attempt that failed
     if done.status == "cancelled":
-        store.finish(job_id, worker, "cancelled")
+        store.jobs.finish(job_id, worker, "cancelled")
         return Outcome("cancelled")
     if done.status in ("failed", "crashed") and done.error_kind == "system":
         if not final_attempt:
-            store.requeue(job_id, worker, done.error or "system error")
+            store.jobs.requeue(job_id, worker, done.error or "system error")
             raise Retry(done.error)
-        store.finish(job_id, worker, "failed", error=done.error, error_kind="system")
+        store.jobs.finish(job_id, worker, "failed", error=done.error, error_kind="system")
         return Outcome("failed")
     if done.status == "failed":
-        store.finish(job_id, worker, "failed", error=done.error, error_kind=done.error_kind)
+        store.jobs.finish(job_id, worker, "failed", error=done.error, error_kind=done.error_kind)
         return Outcome("failed")
     log.info("job %s: outputs saved, marking succeeded", job_id)
-    if not store.finish(job_id, worker, "succeeded", artifacts=done.artifacts):
+    if not store.jobs.finish(job_id, worker, "succeeded", artifacts=done.artifacts):
         log.warning("job %s: lost the lease before finishing; another worker owns it", job_id)
         return Outcome("skipped")
     return Outcome("succeeded")

@@ -41,13 +41,13 @@ log = logging.getLogger("ppr.worker")
 
 def dispatch_ready(job_id: str, store: JobStore, queue: Enqueuer) -> list[str]:
     """Send every stage of `job_id` that can start now (each once)."""
-    sent = store.ready_stages(job_id)
+    sent = store.stages.ready(job_id)
     for i, stage_id in enumerate(sent):
         try:
             queue.enqueue_stage(job_id, stage_id)
         except Exception:  # the broker went away: the dispatcher sends these later
             for unsent in sent[i:]:
-                store.undispatch_stage(job_id, unsent)
+                store.stages.undispatch(job_id, unsent)
             raise
     return sent
 
@@ -57,7 +57,7 @@ class StoredResults:
 
     def __init__(self, store: JobStore, artifacts: ArtifactStore, job_id: str, spec,
                  device: torch.device) -> None:
-        self.rows = {r.stage_id: r for r in store.stages(job_id)}
+        self.rows = {r.stage_id: r for r in store.stages.of_job(job_id)}
         self.artifacts, self.spec, self.device = artifacts, spec, device
         self._models: dict[tuple[str, str], nn.Module] = {}
 
@@ -124,7 +124,7 @@ def execute_stage(job_id: str, stage_id: str, worker: str, settings: Settings,
     from ppr_engine.audit.execute import run_recorded
     from ppr_engine.errors import Cancelled, InputError, TimeLimitExceeded
 
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     try:
         spec, inputs = cached_inputs(job, settings, store, artifacts)
         if stage_id == "evaluate":
@@ -177,7 +177,7 @@ def _stage_progress(store: JobStore, job_id: str, stage_id: str, settings: Setti
         now = time.monotonic()
         if now - last[0] >= settings.progress_interval_s:
             last[0] = now
-            store.record_stage(job_id, stage_id, progress=max(0.0, min(1.0, fraction)))
+            store.stages.record(job_id, stage_id, progress=max(0.0, min(1.0, fraction)))
 
     return progress
 
@@ -192,7 +192,7 @@ def _report(job, spec, inputs, plan, results: StoredResults, artifacts: Artifact
         trigger_provenance,
     )
     from ppr_engine.audit.assemble import assemble
-    from ppr_engine.audit.stages import restore_triggers
+    from ppr_engine.audit.kinds import restore_triggers
     from ppr_engine.report import StageStatus
 
     from .child import save_outputs
@@ -215,10 +215,10 @@ def run_stage_task(job_id: str, stage_id: str, *, settings: Settings, store: Job
                    artifacts: ArtifactStore, queue: Enqueuer, worker: str,
                    final_attempt: bool, should_stop) -> str:
     """One delivery of a stage task (see the module)."""
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     if job is None or job.state != "running":  # final, or released back to the queue
         return "skipped"
-    claim = store.claim_stage(job_id, stage_id, worker, settings.lease_s)
+    claim = store.stages.claim(job_id, stage_id, worker, settings.lease_s)
     log.info("job %s: stage %s: claim by %s -> %s", job_id, stage_id, worker, claim)
     if claim in ("finished", "missing", "stale"):  # a stale message is dropped, never run
         return "skipped"
@@ -226,7 +226,7 @@ def run_stage_task(job_id: str, stage_id: str, *, settings: Settings, store: Job
         raise Busy(stage_id)
     started = time.monotonic() - _elapsed(job)
     done = supervise(run_stage_child, (job_id, stage_id, worker, settings.model_dump_json()),
-                     renew=lambda: store.renew_stage(job_id, stage_id, worker, settings.lease_s),
+                     renew=lambda: store.stages.renew(job_id, stage_id, worker, settings.lease_s),
                      should_stop=should_stop, time_limit_s=settings.job_time_limit_s,
                      started=started)
     return _record(job_id, stage_id, worker, done, store, queue, final_attempt)
@@ -243,29 +243,29 @@ def _record(job_id: str, stage_id: str, worker: str, done: Finished, store: JobS
             queue: Enqueuer, final_attempt: bool) -> str:
     """Store what the stage's child reported, then send what can run next."""
     if done.status == "released":
-        store.requeue_stage(job_id, stage_id, worker, done.error or "released")
+        store.stages.requeue(job_id, stage_id, worker, done.error or "released")
         return "released"
     if done.status == "cancelled":
-        store.finish_stage(job_id, stage_id, worker, "cancelled")
-        store.finish_staged_job(job_id, "cancelled")
+        store.stages.finish(job_id, stage_id, worker, "cancelled")
+        store.jobs.finish_staged(job_id, "cancelled")
         return "cancelled"
     if done.error_kind in ("input", "time_limit"):  # the job's fault: it ends here
-        store.finish_stage(job_id, stage_id, worker, "failed", error=done.error)
-        store.finish_staged_job(job_id, "failed", error=done.error, error_kind=done.error_kind)
+        store.stages.finish(job_id, stage_id, worker, "failed", error=done.error)
+        store.jobs.finish_staged(job_id, "failed", error=done.error, error_kind=done.error_kind)
         return "failed"
     if done.error_kind == "system" or done.status == "crashed":
         if not final_attempt:
-            store.requeue_stage(job_id, stage_id, worker, done.error or "system error")
+            store.stages.requeue(job_id, stage_id, worker, done.error or "system error")
             raise Retry(done.error)
-        store.finish_stage(job_id, stage_id, worker, "failed", error=done.error)
+        store.stages.finish(job_id, stage_id, worker, "failed", error=done.error)
     elif stage_id == "report":
-        if store.finish_stage(job_id, stage_id, worker, "ok", seconds=done.seconds):
-            store.finish_staged_job(job_id, "succeeded", artifacts=done.artifacts)
+        if store.stages.finish(job_id, stage_id, worker, "ok", seconds=done.seconds):
+            store.jobs.finish_staged(job_id, "succeeded", artifacts=done.artifacts)
         return "succeeded"
     else:
-        store.finish_stage(job_id, stage_id, worker, done.status, error=done.error,
+        store.stages.finish(job_id, stage_id, worker, done.status, error=done.error,
                            result=done.result, seconds=done.seconds)
-    store.update_staged_progress(job_id)
+    store.jobs.update_staged_progress(job_id)
     dispatch_ready(job_id, store, queue)
     return done.status
 

@@ -1,108 +1,32 @@
 """The report, assembled from the stages' results and records: the `report` stage.
 
-Everything here is bookkeeping over numbers the stages computed: pairing each RA budget of
-a method with the baseline's under the same budget (by key), the worst case over triggers,
-the verdict, the headline and the gate. The stage list of the report is the executor's
-records, one per stage of the plan.
+Everything here is bookkeeping over numbers the stages computed. Each stage kind puts its
+values where they belong (`StageKind.fill`: RA budgets beside the baseline's under the same
+key, QRA, LMC); this module then takes the worst case over triggers, the verdict, the
+headline and the gate. The stage list of the report is the executor's records, one per
+stage of the plan.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .. import stats
 from ..gate import evaluate
 from ..report import (
     AuditReport,
     BaselineInfo,
-    InversionResult,
-    LMCCurve,
     MethodResult,
     ModelResult,
-    QRAResult,
     StageStatus,
-    SweepPoint,
     TriggerResult,
     headline,
 )
-from .plan import AuditPlan, Stage
-from .stages import Results
+from .kinds import KINDS, Filling
+from .plan import AuditPlan
+from .stage import Results, trigger_labels
 from .verdict import VERDICT_RULE, verdict, worst
 
 
-def _point(stage: Stage, values: dict[str, Any], base: dict[str, Any] | None = None
-           ) -> SweepPoint:
-    """One RA budget's numbers, with intervals (`ppr_engine.stats`); with the baseline's
-    values under the same budget, the gap and its interval."""
-    b = stage.budget
-    assert b is not None
-    runs = list(values.get("p_asr_runs") or [values["p_asr"]])
-    n = int(values.get("n") or 0)
-    point = SweepPoint(poison_num=b.poison, clean_num=b.clean, epochs=b.epochs, key=b.key,
-                       p_asr=values.get("p_asr"), p_asr_runs=runs,
-                       p_asr_ci=stats.rate_interval(runs, n) if n else None)
-    if base is not None:
-        base_runs = list(base.get("p_asr_runs") or [base["p_asr"]])
-        point.baseline_p_asr = base["p_asr"]
-        point.gap = point.p_asr - point.baseline_p_asr
-        if n and base.get("n"):
-            point.gap_ci = stats.gap_interval(runs, base_runs, n, int(base["n"]))
-    return point
-
-
-def _baseline(plan: AuditPlan, results: Results, labels: list[str]) -> BaselineInfo:
-    info = BaselineInfo()
-    if "baseline" not in plan.ids or not results.ok("baseline"):
-        return info
-    v = results.values("baseline")
-    info.kind, info.description = v["kind"], v["description"]
-    info.c_acc, info.asr = v["c_acc"], dict(v["asr"])
-    for s in plan:
-        if s.kind == "retune" and s.method == "baseline" and results.ok(s.id):
-            label = labels[s.trigger]
-            point = _point(s, results.values(s.id))
-            if s.budget.reference:
-                info.p_asr[label] = point.p_asr
-            else:
-                info.sweep.setdefault(label, []).append(point)
-    return info
-
-
-def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
-            model: ModelResult, base: dict[str, dict[str, dict[str, Any]]],
-            records: dict[str, StageStatus], spec) -> MethodResult:
-    if key == "model":
-        res = MethodResult(key="model", method="none", o_cacc=model.c_acc)
-        res.per_trigger = [TriggerResult(trigger=label, o_asr=model.asr.get(label))
-                           for label in labels if label in model.asr]
-    else:
-        ms = next(m for m in spec.plan.methods if m.key == key)
-        res = MethodResult(key=key, method=ms.name, params=ms.parsed().model_dump())
-        if results.ok(f"purify:{key}"):
-            v = results.values(f"purify:{key}")
-            res.record, res.o_cacc = v["record"], v["o_cacc"]
-            res.per_trigger = [TriggerResult(**t) for t in v["per_trigger"]]
-    by_label = {t.trigger: t for t in res.per_trigger}
-    for s in plan:
-        if s.method != key or s.id not in records:
-            continue
-        res.stages.append(records[s.id])
-        if not results.ok(s.id) or s.trigger is None or labels[s.trigger] not in by_label:
-            continue
-        t, v = by_label[labels[s.trigger]], results.values(s.id)
-        if s.kind == "retune":
-            point = _point(s, v, base.get(labels[s.trigger], {}).get(s.budget.key))
-            if s.budget.reference:
-                t.budget, t.p_asr, t.p_cacc = point, point.p_asr, v.get("p_cacc")
-                t.baseline_p_asr = point.baseline_p_asr
-                if t.baseline_p_asr is not None:
-                    t.gap = t.p_asr - t.baseline_p_asr
-            else:
-                t.sweep.append(point)
-        elif s.kind == "qra":
-            t.qra = QRAResult(**v)
-        elif s.kind == "lmc":
-            t.lmc = LMCCurve(**v)
+def _judge(res: MethodResult, model: ModelResult, spec) -> None:
+    """A method's numbers over its triggers (the worst case), then its verdict."""
     margin = spec.plan.retune.superficial_gap
     for t in res.per_trigger:
         points = ([t.budget] if t.budget else []) + t.sweep
@@ -138,43 +62,39 @@ def _method(key: str, plan: AuditPlan, results: Results, labels: list[str],
     res.verdict = ("no_backdoor" if res.per_trigger and not judged  # type: ignore[assignment]
                    else verdict(res, spec))
     res.seconds = round(sum(st.seconds for st in res.stages), 3)
-    return res
 
 
 def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageStatus],
              report: AuditReport) -> AuditReport:
     """Fill `report` (provenance already set) from the stages, then headline and gate."""
-    from .plan import trigger_labels
-
-    labels = trigger_labels(spec)
-    ev = results.values("evaluate") if results.ok("evaluate") else {}
-    report.model = ModelResult(c_acc=ev.get("c_acc"), asr=dict(ev.get("asr", {})))
-    report.inversions = [InversionResult.model_validate(v) for v in ev.get("inversions", [])]
-    if report.inversions:
-        report.model.backdoors_found = sum(inv.found for inv in report.inversions)
+    f = Filling(spec, results, report, trigger_labels(spec))
+    evaluated = results.ok("evaluate")
+    if evaluated:
+        KINDS["evaluate"].fill(f, plan.get("evaluate"), results.values("evaluate"))
+    else:
+        report.model = ModelResult()
     report.stages = [records[sid] for sid in plan.ids if sid in records]
-    active = [labels[i] for i in ev.get("active", [])]
+    active = [f.labels[i] for i in (results.values("evaluate")["active"] if evaluated else [])]
     if spec.triggers and not active:  # every trigger was inverted: none found, or failed
         return finish(report, spec)
     report.model.inactive = [label for label in active if (asr := report.model.asr.get(label))
                              is not None and asr < spec.plan.min_asr]
-    report.baseline = _baseline(plan, results, labels)
-    base: dict[str, dict[str, float | None]] = {}
-    for label in active:
-        base[label] = {}
-        for s in plan:
-            if (s.kind == "retune" and s.method == "baseline" and labels[s.trigger] == label
-                    and results.ok(s.id)):
-                base[label][s.budget.key] = results.values(s.id)
-    keys = [m.key for m in spec.plan.methods] or ["model"]
-    report.methods = [_method(k, plan, results, labels, report.model, base, records, spec)
-                      for k in keys]
-    if "qra-transfer" in plan.ids and results.ok("qra-transfer"):
-        transfer = results.values("qra-transfer")["transfer"]
-        for m in report.methods:
-            for t in m.per_trigger:
-                if t.qra is not None:
-                    t.qra.transfer = dict(transfer.get(m.key, {}).get(t.trigger, {}))
+    report.baseline = BaselineInfo()
+    f.methods = {m.key: MethodResult(key=m.key, method=m.name, params=m.parsed().model_dump())
+                 for m in spec.plan.methods}
+    if not f.methods:  # without methods, the submitted model is the subject
+        f.methods["model"] = MethodResult(
+            key="model", method="none", o_cacc=report.model.c_acc,
+            per_trigger=[TriggerResult(trigger=label, o_asr=report.model.asr.get(label))
+                         for label in f.labels if label in report.model.asr])
+    for s in plan:
+        if s.kind != "evaluate" and results.ok(s.id):
+            KINDS[s.kind].fill(f, s, results.values(s.id))
+        if s.method in f.methods and s.id in records:
+            f.methods[s.method].stages.append(records[s.id])
+    for res in f.methods.values():
+        _judge(res, report.model, spec)
+    report.methods = list(f.methods.values())
     report.verdict_rule = VERDICT_RULE
     return finish(report, spec)
 

@@ -38,7 +38,6 @@ RATIO_STEPS = (0.3, 0.4)
 # the verdicts from best to worst, for choosing the best attempt when none is robust
 VERDICT_ORDER = ("robust", "inconclusive", "superficial", "not_removed", "degraded",
                  "unknown", "no_backdoor")
-SHARED_KINDS = ("invert", "evaluate", "baseline")
 
 
 def ladder(method: MethodSpec, max_attempts: int) -> list[dict]:

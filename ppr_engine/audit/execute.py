@@ -13,13 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..errors import Cancelled
+from ..errors import Cancelled, SpecError
 from ..report import StageStatus
 from .inputs import AuditInputs
-from .plan import AuditPlan, Stage
-from .stages import Skipped, StageResult, run_stage
+from .kinds import KINDS, restore_triggers
+from .plan import AuditPlan
+from .stage import Skipped, Stage, StageResult
 
 # (stage id, overall fraction in [0, 1], message); it may raise Cancelled to stop the audit
 ProgressSink = Callable[[str, float, str], None]
@@ -62,6 +64,19 @@ def blocked(stage: Stage, records: dict[str, StageStatus]) -> str | None:
             state = "was skipped" if rec is not None and rec.status == "skipped" else "failed"
             return f"needs {need}, which {state}"
     return None
+
+
+def run_stage(stage: Stage, inputs: AuditInputs, results, progress, plan_ids: list[str]
+              ) -> StageResult:
+    """Run one stage by its kind, from the same random state wherever and whenever it runs."""
+    kind = KINDS.get(stage.kind)
+    if kind is None:
+        raise SpecError(f"no runner for stage {stage.id}")
+    restore_triggers(inputs, results, plan_ids)
+    torch.manual_seed(inputs.spec.seed)
+    for t in inputs.triggers:
+        t.reseed()
+    return kind.run(stage, inputs, results, progress)
 
 
 def run_recorded(stage: Stage, inputs: AuditInputs, results, progress, plan_ids: list[str],

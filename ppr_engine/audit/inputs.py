@@ -27,7 +27,7 @@ from ..ppr.lmc import PathPoint, backdoored_end
 from ..ppr.retune import RetuneSet, build_retune_set
 from ..spec import AuditSpec
 from ..train import pick_device
-from .plan import trigger_labels
+from .stage import trigger_labels
 
 
 def attacker_images(spec: AuditSpec) -> int:

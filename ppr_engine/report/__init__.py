@@ -1,5 +1,7 @@
 """The audit report: its schema (`schema`), its words (`prose`), what every renderer shows
-the same way (`tables`), and one renderer per format (JSON, `render_md`, `render_html`).
+the same way (`tables`), the document every renderer draws (`sections`: one list of
+sections, so a field is written once), and one renderer per format (JSON, `render_md`,
+`render_html`).
 """
 
 from __future__ import annotations

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 import html
 
-from .prose import ESCALATION_HEADER, detection_notes, escalation_rows, headline, method_notes
-from .schema import AuditReport, InversionResult
+from .schema import AuditReport
+from .sections import Image, Run, Section, Table, sections
 from .tables import (
-    GLOSSARY,
-    TABLE_HEADER,
     VERDICT_COLORS,
-    VERDICT_MEANING,
-    fmt,
-    gap_intervals,
     sweep_series,
-    table_rows,
-    value_text,
 )
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -141,86 +134,77 @@ def _sweep_chart(report: AuditReport) -> str:
                        "poisoned samples in the retuning set (epochs)", ticks, lines)
 
 
-def _gap_table(report: AuditReport) -> str:
-    """The gap to the baseline by budget with its 95% interval (what the verdict reads)."""
+def _runs(runs: list[Run]) -> str:
     e = html.escape
-    budgets, rows = gap_intervals(report)
-    if not rows:
-        return ""
-    head = "".join(f"<th>{pn} ({ep} ep)</th>" for pn, ep in budgets)
-    body = "".join(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells)
-                   + "</tr>" for label, cells in rows)
-    return (f"<h3>Gap to the baseline (95% interval)</h3><table id='gaps'><tr><th>method</th>"
-            f"{head}</tr>{body}</table>")
+    out = []
+    for r in runs:
+        ident = f' id="{e(r.id)}"' if r.id else ""
+        out.append(f"<code>{e(r.text)}</code>" if r.style == "code" else
+                   f"<b{ident}>{e(r.text)}</b>" if r.style == "strong" else e(r.text))
+    return "".join(out)
 
 
-def _escalation_html(report: AuditReport) -> str:
-    """The attempts of a purification run until robust."""
+def _cell(cell: str | Image, verdict: bool) -> str:
     e = html.escape
-    rows = escalation_rows(report)
-    if not rows:
-        return ""
-    head = "".join(f"<th>{e(c)}</th>" for c in ESCALATION_HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return (f"<h2>Purified until robust</h2><p>{e(report.escalation.reason)}.</p>"
-            f"<table id='attempts'><tr>{head}</tr>{body}</table>")
+    if isinstance(cell, Image):
+        return f"<td><img alt='{e(cell.alt)}' src='{e(cell.src)}'></td>"
+    if verdict:
+        return f"<td class='verdict v-{e(cell)}'>{e(cell)}</td>"
+    return f"<td>{e(cell)}</td>"
 
 
-def _inversion_html(inv: InversionResult) -> str:
-    """A trigger inverted from the model: its conclusion and a few images, clean and inverted."""
+def _table(t: Table) -> str:
     e = html.escape
-    cells = "".join(
-        f"<tr><td>{ex.true_class}</td><td><img alt='clean' src='{e(ex.clean_png)}'></td>"
-        f"<td><img alt='inverted' src='{e(ex.inverted_png)}'></td><td>{ex.predicted}</td></tr>"
-        for ex in inv.examples)
-    table = (f"<table class='inverted'><tr><th>true class</th><th>clean</th><th>inverted</th>"
-             f"<th>model says</th></tr>{cells}</table>") if cells else ""
-    state = "fail" if inv.found else "pass"
-    return (f"<h2>Trigger {e(inv.trigger)} inverted from the model</h2>"
-            f"<p class='inversion {state}'>{e(inv.conclusion)}</p>{table}")
+    css = f" class='{e(t.css)}'" if t.css else ""
+    head = "".join(f"<th>{e(h)}</th>" for h in t.header)
+    body = "".join("<tr>" + "".join(_cell(c, i == t.verdict_column) for i, c in enumerate(row))
+                   + "</tr>" for row in t.rows)
+    return f'<table id="{e(t.id)}"{css}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _state(ok: bool | None) -> str:
+    return "" if ok is None else f" class='{'pass' if ok else 'fail'}'"
+
+
+FIGURES = {"asr-bars": _bar_chart, "sweep": _sweep_chart, "lmc-curves": _lmc_chart}
+
+
+def _section(s: Section, report: AuditReport) -> str:
+    e = html.escape
+    parts = []
+    if s.title:
+        title = e(s.title)
+        if s.key == "gate":  # the verdict word carries the gate's state
+            word = "PASSED" if s.status else "FAILED"
+            title = f"Gate: <span id='gate'{_state(s.status)}>{word}</span>"
+        parts.append(f"<h2>{title}</h2>")
+    ident = f' id="{e(s.key)}"'
+    for i, p in enumerate(s.paragraphs):
+        parts.append(f"<p{ident if i == 0 and not s.title else ''}{_state(s.status)}>"
+                     f"{_runs(p)}</p>")
+    if s.items:
+        parts.append(f"<ul{ident}>" + "".join(f"<li{_state(i.ok)}>{_runs(i.runs)}</li>"
+                                              for i in s.items) + "</ul>")
+    if s.key == "verdict-legend":
+        parts.append(f"<ul{ident}>" + "".join(
+            f"<li><span class='swatch v-{e(v)}'></span><b>{e(v)}</b>: {e(text)}</li>"
+            for v, text in s.definitions) + "</ul>")
+    elif s.definitions:
+        parts.append(f"<dl{ident}>" + "".join(f"<dt>{e(term)}</dt><dd>{e(text)}.</dd>"
+                                              for term, text in s.definitions) + "</dl>")
+    if s.figure is not None:
+        parts.append(FIGURES[s.figure](report))
+    elif s.table is not None:
+        parts.append(_table(s.table))
+    return "\n".join(parts)
 
 
 def to_html(report: AuditReport) -> str:
-    """One self-contained HTML page: summary, gate, tables, plots, provenance."""
+    """One self-contained HTML page: the sections (`sections`), plots drawn as inline SVG."""
     e = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:-2])
-                   + f"<td class='verdict v-{e(r[-2])}'>{e(r[-2])}</td><td>{e(r[-1])}</td></tr>"
-                   for r in table_rows(report))
-    legend = "".join(f"<li><span class='swatch v-{v}'></span><b>{v}</b>: {e(text)}</li>"
-                     for v, text in VERDICT_MEANING.items())
-    glossary = "".join(f"<dt>{e(term)}</dt><dd>{e(text)}.</dd>" for term, text in GLOSSARY)
     verdict_css = "".join(f".v-{v}{{color:#fff;background:{c}}}"
                           for v, c in VERDICT_COLORS.items())
-    head = "".join(f"<th>{e(c)}</th>" for c in TABLE_HEADER)
-    gate = ""
-    if report.gate.passed is not None:
-        items = "".join(f"<li class='{'pass' if c.passed else 'fail'}'>{e(c.expr)}: "
-                        f"{e(value_text(c.value))} {e(c.detail)}</li>" for c in report.gate.clauses)
-        gate = (f"<h2>Gate: <span id='gate' class='{'pass' if report.gate.passed else 'fail'}'>"
-                f"{'PASSED' if report.gate.passed else 'FAILED'}</span></h2><ul>{items}</ul>")
-    failed = [s for s in report.stages if s.status == "failed"] + [
-        s for m in report.methods for s in m.stages if s.status == "failed"]
-    notes = "".join(f"<li class='{'pass' if ok else 'fail'}'>{e(t)}</li>"
-                    for t, ok in detection_notes(report))
-    notes = f"<h2>Trigger inversion</h2><ul id='detection'>{notes}</ul>" if notes else ""
-    if extra := method_notes(report):
-        notes += ("<h2>Methods</h2><ul id='method-notes'>"
-                  + "".join(f"<li>{e(t)}</li>" for t in extra) + "</ul>")
-    inversions = "".join(_inversion_html(inv) for inv in report.inversions)
-    inversions += _escalation_html(report)
-    rule = f"<p id='verdict-rule'>Verdicts: {e(report.verdict_rule)}.</p>" if \
-        report.verdict_rule else ""
-    fails = ("<h2>Failed stages</h2><ul>" + "".join(
-        f"<li>{e(s.name)}: {e(s.error or '')}</li>" for s in failed) + "</ul>") if failed else ""
-    pv = report.provenance
-    asr = ", ".join(f"{e(k)}: {fmt(v)}" for k, v in report.model.asr.items())
-    prov = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in [
-        ("checkpoint", pv.checkpoint_name), ("sha256", pv.checkpoint_sha256),
-        ("engine", pv.engine_version), ("torch", pv.torch_version), ("device", pv.device),
-        ("seed", pv.seed), ("started", pv.started_at), ("finished", pv.finished_at)])
-    data = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v.get('ref')))}</td><td>{v.get('n')}</td>"
-                   f"<td><code>{e(str(v.get('sha256', ''))[:16])}</code></td></tr>"
-                   for k, v in pv.data.items())
+    body = "\n".join(_section(s, report) for s in sections(report))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ppr-audit report</title>
 <style>
@@ -235,30 +219,6 @@ dt{{font-weight:600;margin-top:0.4em}}
 .inverted img{{width:96px;height:96px;image-rendering:pixelated}}
 </style></head><body>
 <h1>ppr-audit {e(report.kind)} report</h1>
-<p id="headline">{e(report.headline or headline(report))}</p>
-<p>Submitted model: C-Acc <b id="model-cacc">{fmt(report.model.c_acc)}</b>, ASR {asr or '-'}.
-RA baseline: <b>{e(report.baseline.kind)}</b> {e(report.baseline.description)}.</p>
-{gate}
-{inversions}
-<h2>Results</h2>
-<table id="results"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
-<ul id="verdict-legend">{legend}</ul>
-{rule}
-{notes}
-<h2>Attack success rate per method</h2>
-{_bar_chart(report)}
-<h2>P-ASR by retuning budget</h2>
-{_sweep_chart(report)}
-{_gap_table(report)}
-<h2>Backdoor-connected path (LMC)</h2>
-{_lmc_chart(report)}
-{fails}
-<h2>Glossary</h2>
-<dl id="glossary">{glossary}</dl>
-<h2>Provenance</h2>
-<table id="provenance">{prov}</table>
-<table id="data"><tr><th>data</th><th>reference</th><th>images</th><th>sha256</th></tr>
-{data}</table>
-<p>Total {report.seconds:.1f} s. Schema {e(report.schema_version)}.</p>
+{body}
 </body></html>
 """

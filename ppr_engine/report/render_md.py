@@ -1,29 +1,11 @@
-"""The report as Markdown (a pull-request comment).
-"""
+"""The report as Markdown (a pull-request comment): the sections (`sections`) as text, the
+plots by their tables, folded parts in `<details>`."""
 
 from __future__ import annotations
 
-from .prose import (
-    ESCALATION_HEADER,
-    _retune_spec,
-    by_verdict,
-    detection_notes,
-    escalation_rows,
-    headline,
-    method_notes,
-)
 from .schema import AuditReport
-from .tables import (
-    GLOSSARY,
-    TABLE_HEADER,
-    VERDICT_MARKS,
-    VERDICT_MEANING,
-    fmt,
-    gap_intervals,
-    sweep_series,
-    table_rows,
-    value_text,
-)
+from .sections import Image, Run, Section, Table, sections
+from .tables import VERDICT_MARKS
 
 
 def _md(text: object) -> str:
@@ -39,78 +21,55 @@ def _code(text: object) -> str:
     return str(text).replace("`", "'")
 
 
+def _runs(runs: list[Run]) -> str:
+    out = []
+    for r in runs:
+        out.append(f"`{_code(r.text)}`" if r.style == "code" else
+                   f"**{_md(r.text)}**" if r.style == "strong" else _md(r.text))
+    return "".join(out)
+
+
+def _cell(cell: str | Image, verdict: bool) -> str:
+    if isinstance(cell, Image):
+        return f"![{cell.alt}]({cell.src})"
+    if verdict:
+        return f"{VERDICT_MARKS.get(cell, '')} {cell}"
+    return _md(cell).replace("|", "\\|")
+
+
+def _table(t: Table) -> list[str]:
+    lines = ["| " + " | ".join(_md(h) for h in t.header) + " |", "|" + "---|" * len(t.header)]
+    lines += ["| " + " | ".join(_cell(c, i == t.verdict_column) for i, c in enumerate(row))
+              + " |" for row in t.rows]
+    return lines
+
+
+def _section(s: Section) -> list[str]:
+    blocks: list[list[str]] = [[_runs(p)] for p in s.paragraphs]
+    if s.items:
+        blocks.append([f"- {_runs(i.runs)}" for i in s.items])
+    if s.definitions and s.key == "verdict-legend":
+        blocks.append([" ".join(f"{VERDICT_MARKS.get(term, '')} **{term}**: {_md(text)}."
+                                for term, text in s.definitions)])
+    elif s.definitions:
+        blocks.append([f"- **{_md(term)}**: {_md(text)}." for term, text in s.definitions])
+    if s.table is not None:
+        blocks.append(_table(s.table))
+    if not blocks:
+        return []  # a plot with no table: only a page shows it
+    lines = []
+    for block in blocks:
+        lines += block + [""]
+    if s.collapsed:
+        return [f"<details><summary>{_md(s.title or s.key.capitalize())}</summary>", "",
+                *lines, "</details>"]
+    return ([f"### {_md(s.title)}", ""] if s.title else []) + lines[:-1]
+
+
 def to_markdown(report: AuditReport) -> str:
     """Markdown for a pull-request comment."""
     out = [f"## ppr-audit {report.kind} report", ""]
-    out += [f"**{_md(report.headline or headline(report))}**", ""]
-    pv = report.provenance
-    asr = ", ".join(f"{_md(k)}: {fmt(v)}" for k, v in report.model.asr.items())
-    out.append(f"Submitted model `{_code(pv.checkpoint_name)}` (sha256 "
-               f"`{pv.checkpoint_sha256[:12]}`): C-Acc {fmt(report.model.c_acc)}, "
-               f"ASR {asr or '-'}.")
-    for key, given in pv.data.items():
-        if key.startswith("trigger ") and given.get("kind") == "examples":
-            out.append(f"Trigger `{_code(key.removeprefix('trigger '))}` given by example: "
-                       f"{given.get('measured')} held-out images measure ASR, "
-                       f"{given.get('attacking')} others serve RA, QRA and EP/PAM.")
-    for inv in report.inversions:
-        out += ["", f"Trigger `{_code(inv.trigger)}` inverted from the model (BTI-DBF's "
-                    f"generator, checked by a smallest-trigger scan): {_md(inv.conclusion)}"]
-        if inv.examples:
-            out += ["", "| true class | clean | inverted | model says |", "|---|---|---|---|"]
-            out += [f"| {e.true_class} | ![clean]({e.clean_png}) | ![inverted]({e.inverted_png})"
-                    f" | {e.predicted} |" for e in inv.examples]
-        out.append("")
-    b = report.baseline
-    out.append(f"RA baseline: **{b.kind}** {_md(b.description)}".rstrip() + ".")
-    if report.gate.passed is not None:
-        out.append(f"Gate: **{'PASSED' if report.gate.passed else 'FAILED'}**")
-        for c in report.gate.clauses:
-            out.append(f"- {'pass' if c.passed else 'FAIL'} `{_code(c.expr)}` (value: "
-                       f"{value_text(c.value)})" + (f" {_md(c.detail)}" if c.detail else ""))
-    out += ["", "| " + " | ".join(TABLE_HEADER) + " |",
-            "|" + "---|" * len(TABLE_HEADER)]
-    out += ["| " + " | ".join([_md(c) for c in r[:-2]]
-                              + [f"{VERDICT_MARKS.get(r[-2], '')} {r[-2]}", _md(r[-1])])
-            + " |" for r in table_rows(report)]
-    shown = ["robust", "superficial", "not_removed", "degraded"]
-    shown += [v for v in ("inconclusive", "no_backdoor") if by_verdict(report, v)]
-    out += ["", " ".join(f"{VERDICT_MARKS[v]} **{v}**: {VERDICT_MEANING[v]}." for v in shown)]
-    budgets, series = sweep_series(report)
-    if budgets:
-        out += ["", "P-ASR by retuning budget (poisoned samples, epochs):", "",
-                "| method | " + " | ".join(f"{pn} ({ep} ep)" for pn, ep in budgets) + " |",
-                "|---|" + "---|" * len(budgets)]
-        out += [f"| {_md(label)} | " + " | ".join(fmt(v) for v in vals) + " |"
-                for label, vals in series]
-    budgets, gaps = gap_intervals(report)
-    if gaps:
-        margin = _retune_spec(report).get("superficial_gap", 0.2)
-        out += ["", f"Gap to the baseline by budget, with its 95% interval (superficial "
-                    f"where the interval lies above {margin:.2f}, robust where it lies at or "
-                    "below it):", "",
-                "| method | " + " | ".join(f"{pn} ({ep} ep)" for pn, ep in budgets) + " |",
-                "|---|" + "---|" * len(budgets)]
-        out += [f"| {_md(label)} | " + " | ".join(cells) + " |" for label, cells in gaps]
-    if rows := escalation_rows(report):
-        out += ["", f"Purified until robust: {_md(report.escalation.reason)}.", "",
-                "| " + " | ".join(ESCALATION_HEADER) + " |", "|" + "---|" * len(
-                    ESCALATION_HEADER)]
-        out += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
-    notes = detection_notes(report)
-    if notes:
-        out += ["", "Trigger inversion:"] + [f"- {_md(t)}" for t, _ in notes]
-    if extra := method_notes(report):
-        out += ["", "Methods:"] + [f"- {_md(t)}" for t in extra]
-    if report.verdict_rule:
-        out += ["", f"Verdicts: {report.verdict_rule}."]
-    failed = [s for s in report.stages if s.status == "failed"]
-    failed += [s for m in report.methods for s in m.stages if s.status == "failed"]
-    if failed:
-        out += ["", "Failed stages:"] + [f"- {_md(s.name)}: {_md(s.error)}" for s in failed]
-    out += ["", "<details><summary>Glossary</summary>", ""]
-    out += [f"- **{term}**: {text}." for term, text in GLOSSARY]
-    out += ["", "</details>"]
-    out += ["", f"Engine {pv.engine_version}, torch {pv.torch_version}, device {pv.device}, "
-            f"seed {pv.seed}, {report.seconds:.1f} s."]
-    return "\n".join(out) + "\n"
+    for s in sections(report):
+        if lines := _section(s):
+            out += lines + [""]
+    return "\n".join(out).rstrip() + "\n"

@@ -37,7 +37,7 @@ async def upload_dataset(request: Request, principal: Principal, settings: Setti
     """Upload a dataset archive; it is checked member by member before it is kept. Uploads
     share the submission rate limit, and a principal's datasets a storage quota."""
     request.app.state.submit_limiter.take(principal)
-    used, quota = store.dataset_bytes(principal), settings.storage_quota_bytes
+    used, quota = store.datasets.total_bytes(principal), settings.storage_quota_bytes
     room = quota - used
     if room <= 0:
         raise ApiError(413, f"storage quota reached: your datasets hold {used} bytes of your "
@@ -75,7 +75,7 @@ async def upload_dataset(request: Request, principal: Principal, settings: Setti
     dataset_id = new_id()
     key = f"datasets/{dataset_id}{suffix}"
     upload.commit(key)
-    ds = store.add_dataset(id=dataset_id, principal=principal,
+    ds = store.datasets.add(id=dataset_id, principal=principal,
                            name=(given or name)[:MAX_NAME], key=key, sha256=upload.sha256,
                            size=upload.size, files=files)
     return DatasetView.of(ds)
@@ -85,14 +85,14 @@ async def upload_dataset(request: Request, principal: Principal, settings: Setti
             responses=ERRORS)
 def list_datasets(principal: Principal, store: StoreDep) -> list[DatasetView]:
     """The caller's datasets."""
-    return [DatasetView.of(d) for d in store.list_datasets(principal)]
+    return [DatasetView.of(d) for d in store.datasets.list(principal)]
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetView, operation_id="get_dataset",
             responses=ERRORS)
 def get_dataset(dataset_id: str, principal: Principal, store: StoreDep) -> DatasetView:
     """One dataset."""
-    ds = store.get_dataset(dataset_id, principal)
+    ds = store.datasets.get(dataset_id, principal)
     if ds is None:
         raise ApiError(404, f"no dataset {dataset_id}", "not_found")
     return DatasetView.of(ds)
@@ -103,12 +103,12 @@ def get_dataset(dataset_id: str, principal: Principal, store: StoreDep) -> Datas
 def delete_dataset(dataset_id: str, principal: Principal, store: StoreDep,
                    artifacts: ArtifactsDep) -> Response:
     """Delete one of the caller's datasets (409 while a queued or running job names it)."""
-    if store.get_dataset(dataset_id, principal) is None:
+    if store.datasets.get(dataset_id, principal) is None:
         raise ApiError(404, f"no dataset {dataset_id}", "not_found")
-    if store.dataset_in_use(dataset_id, principal):
+    if store.datasets.in_use(dataset_id, principal):
         raise ApiError(409, f"dataset {dataset_id} is named by a queued or running job; "
                        "delete it once that job has finished", "in_use")
-    ds = store.delete_dataset(dataset_id, principal)
+    ds = store.datasets.delete(dataset_id, principal)
     if ds is not None:
         artifacts.delete_prefix(ds.key)
     return Response(status_code=204)

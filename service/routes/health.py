@@ -28,7 +28,7 @@ def readyz(store: StoreDep, queue: QueueDep) -> JSONResponse:
         except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
             checks[name] = f"unreachable: {type(exc).__name__}"
     try:
-        n = store.live_workers()
+        n = store.workers.live()
         checks["workers"] = f"{n} live" if n else "none seen in the last 30 s"
     except Exception as exc:  # noqa: BLE001
         n, checks["workers"] = 0, f"unknown: {type(exc).__name__}"
@@ -42,8 +42,8 @@ def readyz(store: StoreDep, queue: QueueDep) -> JSONResponse:
 def metrics(store: StoreDep, queue: QueueDep) -> PlainTextResponse:
     """Prometheus text format: jobs by state, job durations, queue depth, live workers."""
     lines = ["# HELP ppr_jobs Jobs by state.", "# TYPE ppr_jobs gauge"]
-    lines += [f'ppr_jobs{{state="{s}"}} {n}' for s, n in store.counts().items()]
-    durations = store.durations()
+    lines += [f'ppr_jobs{{state="{s}"}} {n}' for s, n in store.jobs.counts().items()]
+    durations = store.jobs.durations()
     lines += ["# HELP ppr_job_duration_seconds Wall time of finished jobs.",
               "# TYPE ppr_job_duration_seconds summary",
               f"ppr_job_duration_seconds_count {len(durations)}",
@@ -52,6 +52,6 @@ def metrics(store: StoreDep, queue: QueueDep) -> PlainTextResponse:
     lines += ["# HELP ppr_queue_depth Messages waiting in the broker queue.",
               "# TYPE ppr_queue_depth gauge", f"ppr_queue_depth {-1 if depth is None else depth}",
               "# HELP ppr_workers_live Workers seen in the last 30 seconds.",
-              "# TYPE ppr_workers_live gauge", f"ppr_workers_live {store.live_workers()}"]
+              "# TYPE ppr_workers_live gauge", f"ppr_workers_live {store.workers.live()}"]
     return PlainTextResponse("\n".join(lines) + "\n",
                              media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -95,7 +95,7 @@ async def submit_purify(request: Request, response: Response, principal: Princip
 
 
 def _job(store, job_id: str, principal: str):
-    job = store.get(job_id, principal)
+    job = store.jobs.get(job_id, principal)
     if job is None:
         raise ApiError(404, f"no job {job_id}", "not_found")
     return job
@@ -108,7 +108,7 @@ def list_jobs(principal: Principal, store: StoreDep,
               limit: int = Query(50, ge=1, le=500),
               offset: int = Query(0, ge=0, le=2**31 - 1)) -> JobPage:
     """The caller's jobs, newest first, filtered by state and kind."""
-    rows, total = store.list(principal, state=state, kind=kind, limit=limit, offset=offset)
+    rows, total = store.jobs.list(principal, state=state, kind=kind, limit=limit, offset=offset)
     return JobPage(items=[JobView.of(j) for j in rows], total=total, limit=limit, offset=offset)
 
 
@@ -127,8 +127,8 @@ async def get_job(job_id: str, principal: Principal, store: StoreDep,
     follow GET /v1/jobs/{id}/events."""
     # SQLite answers a keyed lookup in about 0.2 ms: on the event loop that costs less than
     # a hop to the thread pool. A networked database is read from the pool.
-    row = (store.status(job_id, principal) if store.local
-           else await run_in_threadpool(store.status, job_id, principal))
+    row = (store.jobs.status(job_id, principal) if store.local
+           else await run_in_threadpool(store.jobs.status, job_id, principal))
     if row is None:
         raise ApiError(404, f"no job {job_id}", "not_found")
     body = JobView.of(row).model_dump_json().encode()
@@ -145,7 +145,7 @@ def job_stages(job_id: str, principal: Principal, store: StoreDep) -> list[Stage
     """The job's stages in plan order, from before it starts to after it ends: id, state,
     when it started, how long it took, why it failed or was skipped."""
     _job(store, job_id, principal)
-    return [StageView.of(st) for st in store.stages(job_id)]
+    return [StageView.of(st) for st in store.stages.of_job(job_id)]
 
 
 @router.get("/jobs/{job_id}/events", operation_id="job_events", response_class=StreamingResponse,
@@ -165,10 +165,10 @@ async def job_events(job_id: str, request: Request, principal: Principal, store:
     async def stream():
         last, quiet, seen = None, 0.0, {}
         while not await request.is_disconnected():
-            job = await run_in_threadpool(store.get, job_id, principal)
+            job = await run_in_threadpool(store.jobs.get, job_id, principal)
             if job is None:
                 return
-            for st in await run_in_threadpool(store.stages, job_id):
+            for st in await run_in_threadpool(store.stages.of_job, job_id):
                 if seen.get(st.stage_id) != st.state:
                     seen[st.stage_id] = st.state
                     quiet = 0.0
@@ -193,7 +193,7 @@ async def job_events(job_id: str, request: Request, principal: Principal, store:
                responses=ERRORS)
 def cancel_job(job_id: str, principal: Principal, store: StoreDep) -> JobView:
     """Cancel a job: a queued job at once, a running one between two steps."""
-    job = store.request_cancel(job_id, principal)
+    job = store.jobs.request_cancel(job_id, principal)
     if job is None:
         raise ApiError(404, f"no job {job_id}", "not_found")
     return JobView.of(job)

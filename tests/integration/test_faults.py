@@ -94,12 +94,12 @@ def test_jobs_queued_before_a_redis_crash_all_run_after_it(fault_settings, redis
     workers = Workers(fault_settings, tmp_path)
     workers.start("w1")
     try:
-        done = wait_for(lambda: all(store.get(i).state == "succeeded" for i in ids), 240,
+        done = wait_for(lambda: all(store.jobs.get(i).state == "succeeded" for i in ids), 240,
                         what="every job queued before the crash to run")
         assert done, workers.log("w1")
     finally:
         workers.stop_all()
-    assert [store.get(i).completions for i in ids] == [1, 1, 1]
+    assert [store.jobs.get(i).completions for i in ids] == [1, 1, 1]
 
 
 @pytest.mark.slow
@@ -135,15 +135,15 @@ def test_a_job_stored_while_the_broker_died_is_dispatched_when_it_returns(
         job_id = submit(c, small_checkpoint, quick_spec()).json()["id"]
     store = JobStore(fault_settings.db_url)
     with store.session() as s, s.begin():  # as if the send had failed
-        s.get(type(store.get(job_id)), job_id).dispatched = False
+        s.get(type(store.jobs.get(job_id)), job_id).dispatched = False
     redis.Redis.from_url(redis_server.url).delete(fault_settings.queue)
     redis_server.crash()
     app = create_app(fault_settings)
     assert dispatch(store, app.state.queue, job_id) is False  # broker down: logged, kept
-    assert store.undispatched(older_than_s=0) == [job_id]
+    assert store.jobs.undispatched(older_than_s=0) == [job_id]
     redis_server.start()
     sent = Dispatcher(store, app.state.queue, min_age_s=0).sweep()
-    assert sent == 1 and store.undispatched(older_than_s=0) == []
+    assert sent == 1 and store.jobs.undispatched(older_than_s=0) == []
     assert redis.Redis.from_url(redis_server.url).llen(fault_settings.queue) == 1
 
 

@@ -33,7 +33,7 @@ def _files(root) -> list[str]:
 def _finished(client, job_id, workers, seen: set | None = None):
     def done():
         if seen is not None:
-            seen.update(r.worker for r in client.app.state.store.stages(job_id)
+            seen.update(r.worker for r in client.app.state.store.stages.of_job(job_id)
                         if r.state == "running" and r.worker)
         job = client.get(f"/v1/jobs/{job_id}").json()
         return job["state"] in ("succeeded", "failed", "cancelled") and job
@@ -58,11 +58,11 @@ def test_two_workers_share_an_audit_through_an_object_store(dist_settings, worke
     with TestClient(create_app(gateway)) as client:
         store = client.app.state.store
         procs = {n: workers.start(n, env[n], cwd=homes[n]) for n in homes}
-        wait_for(lambda: store.live_workers(within_s=30) >= 2, 90, what="two heartbeats")
+        wait_for(lambda: store.workers.live(within_s=30) >= 2, 90, what="two heartbeats")
         job_id = _submit(client, bd3, spec)
 
         def owner():
-            row = store.stage(job_id, "purify:ft")
+            row = store.stages.get(job_id, "purify:ft")
             return row.state == "running" and row.progress > 0.05 and row.worker
 
         seen: set[str] = set()
@@ -72,7 +72,7 @@ def test_two_workers_share_an_audit_through_an_object_store(dist_settings, worke
         assert _files(homes[victim] / "scratch")  # the killed stage's copies are left ...
         procs[victim] = workers.start(victim, env[victim], cwd=homes[victim])
         _finished(client, job_id, workers, seen)
-        rows = {r.stage_id: r for r in store.stages(job_id)}
+        rows = {r.stage_id: r for r in store.stages.of_job(job_id)}
         assert rows["purify:ft"].attempts == 2  # the killed stage ran again ...
         assert all(r.attempts == 1 and r.state == "ok" for sid, r in rows.items()
                    if sid != "purify:ft"), {sid: (r.attempts, r.state) for sid, r in rows.items()}

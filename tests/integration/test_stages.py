@@ -62,7 +62,7 @@ def _stages(client, job_id) -> list[dict]:
 
 
 def _both_alive(client, n: int = 2) -> bool:
-    return client.app.state.store.live_workers(within_s=30) >= n
+    return client.app.state.store.workers.live(within_s=30) >= n
 
 
 def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
@@ -85,7 +85,7 @@ def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
         assert job["state"] == "succeeded", job
         remote = client.get(f"/v1/jobs/{job_id}/report").json()
         after = _stages(client, job_id)
-        rows = client.app.state.store.stages(job_id)
+        rows = client.app.state.store.stages.of_job(job_id)
     assert seen_running  # stages were seen running during the run
     assert [s["id"] for s in after] == local.plan.ids
     assert all(s["state"] == "ok" and s["attempts"] == 1 for s in after), [
@@ -111,7 +111,7 @@ def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers,
         store = client.app.state.store
 
         def owner():
-            row = store.stage(job_id, "purify:ft")
+            row = store.stages.get(job_id, "purify:ft")
             return row.state == "running" and row.progress > 0.05 and row.worker
 
         worker = wait_for(owner, 180, 0.2, f"purify:ft running\n{workers.log('w1')}")
@@ -125,8 +125,8 @@ def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers,
             "succeeded", "failed") and j, 600, what=f"the job after the kill\n"
             f"{workers.log('w1' if victim == 'w2' else 'w2')}")
         assert job["state"] == "succeeded", job
-        rows = {r.stage_id: r for r in store.stages(job_id)}
-        assert store.get(job_id).completions == 1  # the audit completed once
+        rows = {r.stage_id: r for r in store.stages.of_job(job_id)}
+        assert store.jobs.get(job_id).completions == 1  # the audit completed once
     assert rows["purify:ft"].attempts == 2  # the killed stage ran again ...
     assert all(r.attempts == 1 for sid, r in rows.items() if sid != "purify:ft"), \
         {sid: r.attempts for sid, r in rows.items()}  # ... and nothing else did
@@ -146,17 +146,17 @@ def test_a_sigterm_restart_leaves_no_stage_running_and_runs_nothing_stale(
         wait_for(lambda: _both_alive(client, 1), 90, what="the worker's heartbeat")
         job_id = _submit(client, bd3, spec)
         store = client.app.state.store
-        wait_for(lambda: (r := store.stage(job_id, "purify:ft")).state == "running"
+        wait_for(lambda: (r := store.stages.get(job_id, "purify:ft")).state == "running"
                  and r.progress > 0.05, 180, 0.2, f"purify:ft running\n{workers.log('w1')}")
         os.killpg(first.pid, signal.SIGTERM)
         first.wait(timeout=60)
         assert not group_members(first.pid)  # it stopped its stage's child on the way out
-        assert store.stage(job_id, "purify:ft").state == "pending"  # given back
+        assert store.stages.get(job_id, "purify:ft").state == "pending"  # given back
         workers.start("w2")
         job = wait_for(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["state"] in (
             "succeeded", "failed") and j, 600, what=f"the job after the restart\n"
             f"{workers.log('w2')}")
-        rows = store.stages(job_id)
+        rows = store.stages.of_job(job_id)
     assert job["state"] == "succeeded", job
     assert all(r.state == "ok" for r in rows), [(r.stage_id, r.state, r.error) for r in rows]
     assert "KeyError" not in workers.log("w2")

@@ -54,7 +54,7 @@ def test_audit_end_to_end(client, app, small_checkpoint):
     assert o_cacc in md.text and o_cacc in html.text
     # a redelivered task for a finished job does nothing
     assert run(app, job_id, worker="w-other").status == "skipped"
-    assert app.state.store.get(job_id).completions == 1
+    assert app.state.store.jobs.get(job_id).completions == 1
 
 
 def test_purify_returns_a_purified_checkpoint(client, app, small_checkpoint, tmp_path):
@@ -351,7 +351,7 @@ def test_health_readiness_and_metrics(client, app):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["database"] == "ok"
-    app.state.store.worker_seen("w1", "cpu")
+    app.state.store.workers.seen("w1", "cpu")
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True
     text = client.get("/metrics").text

@@ -238,10 +238,10 @@ def test_a_device_no_worker_has_is_refused_at_the_door(tmp_path, small_checkpoin
         spec = quick_spec()
         spec["device"] = "cuda:7"
         assert submit(c, small_checkpoint, spec).status_code == 202  # no worker yet: it waits
-        store.worker_seen("cpu-host:1", "cpu")
+        store.workers.seen("cpu-host:1", "cpu")
         r = submit(c, small_checkpoint, spec)
         assert r.status_code == 422 and "no worker has a GPU" in r.json()["error"]["message"]
-        store.worker_seen("gpu-host:1", "cuda:2")
+        store.workers.seen("gpu-host:1", "cuda:2")
         r = submit(c, small_checkpoint, spec)
         assert r.status_code == 422, r.text
         assert "workers see at most 2 GPU(s); use auto, cpu or cuda:0 to cuda:1" in r.json()[

@@ -46,17 +46,17 @@ def test_a_stale_stage_message_is_dropped_never_run(tmp_path):
     rows = [{"id": "evaluate", "kind": "evaluate", "needs": [], "waits": [], "cost": 1.0},
             {"id": "purify:ft", "kind": "purify", "needs": ["evaluate"],
              "waits": ["evaluate"], "cost": 2.0}]
-    store.create_job(job_id="j", principal="p", kind="audit", spec={}, checkpoint_name="m",
+    store.jobs.create(job_id="j", principal="p", kind="audit", spec={}, checkpoint_name="m",
                      checkpoint_sha256="0" * 64, checkpoint_key="k", stages=rows)
-    assert store.claim("j", "w1", 60) == "claimed"
-    assert store.claim_stage("j", "evaluate", "w1", 60) == "stale"  # never sent
-    assert store.ready_stages("j") == ["evaluate"]
-    assert store.claim_stage("j", "purify:ft", "w1", 60) == "stale"  # inputs not final
-    assert store.claim_stage("j", "evaluate", "w1", 60) == "claimed"
-    store.requeue_stage("j", "evaluate", "w1", "the worker was stopped")
-    assert store.claim_stage("j", "evaluate", "w2", 60) == "stale"  # the old message
-    assert store.ready_stages("j") == ["evaluate"]  # sent again
-    assert store.claim_stage("j", "evaluate", "w2", 60) == "claimed"
-    assert store.claim_stage("j", "evaluate", "w3", 60) == "busy"
-    assert store.finish_stage("j", "evaluate", "w2", "ok", result="{}")
-    assert store.claim_stage("j", "evaluate", "w3", 60) == "finished"
+    assert store.jobs.claim("j", "w1", 60) == "claimed"
+    assert store.stages.claim("j", "evaluate", "w1", 60) == "stale"  # never sent
+    assert store.stages.ready("j") == ["evaluate"]
+    assert store.stages.claim("j", "purify:ft", "w1", 60) == "stale"  # inputs not final
+    assert store.stages.claim("j", "evaluate", "w1", 60) == "claimed"
+    store.stages.requeue("j", "evaluate", "w1", "the worker was stopped")
+    assert store.stages.claim("j", "evaluate", "w2", 60) == "stale"  # the old message
+    assert store.stages.ready("j") == ["evaluate"]  # sent again
+    assert store.stages.claim("j", "evaluate", "w2", 60) == "claimed"
+    assert store.stages.claim("j", "evaluate", "w3", 60) == "busy"
+    assert store.stages.finish("j", "evaluate", "w2", "ok", result="{}")
+    assert store.stages.claim("j", "evaluate", "w3", 60) == "finished"

@@ -123,11 +123,11 @@ def test_a_silent_child_is_killed_at_the_hard_limit_and_its_lease_kept(tmp_path,
     with TestClient(create_app(settings)) as client:
         job_id = submit(client, small_checkpoint, quick_spec()).json()["id"]
         store = client.app.state.store
-        assert store.claim(job_id, "w", settings.lease_s) == "claimed"
+        assert store.jobs.claim(job_id, "w", settings.lease_s) == "claimed"
         done = supervise(silent, (job_id, "w", settings.model_dump_json()),
-                         renew=lambda: store.renew(job_id, "w", settings.lease_s),
+                         renew=lambda: store.jobs.renew(job_id, "w", settings.lease_s),
                          should_stop=lambda: False, time_limit_s=settings.job_time_limit_s)
-        lease = store.get(job_id).lease_until
+        lease = store.jobs.get(job_id).lease_until
     assert done.status == "failed" and done.error_kind == "time_limit"
     assert lease is not None  # renewed past the 2 s lease while the child was silent
 
@@ -183,7 +183,7 @@ def test_sigterm_stops_a_worker_and_releases_its_job(tmp_path, small_checkpoint)
             if proc.poll() is None or not _group_gone(proc.pid):
                 os.killpg(proc.pid, signal.SIGKILL)
         job = client.get(f"/v1/jobs/{job_id}").json()
-        row = client.app.state.store.get(job_id)
+        row = client.app.state.store.jobs.get(job_id)
     assert job["state"] == "queued", (job, (tmp_path / "worker.log").read_text()[-3000:])
     # released: no owner, and sent again (this test's gateway runs the dispatcher)
     assert row.worker is None and "worker was stopped" in job["message"]

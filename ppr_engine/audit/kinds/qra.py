@@ -1,0 +1,45 @@
+"""`qra:<subject>:<trigger>`: the Query-based Reactivation Attack against one model and
+trigger, guided by its RA model at the reference budget and held off the baseline."""
+
+from __future__ import annotations
+
+from ...cost import qra_work
+from ...ppr import qra as qra_attack
+from ...report import QRAResult
+from ..stage import Stage, StageId, StageResult
+from .base import Filling, Planner, StageKind, baseline_model, require_backdoor, subject_model
+
+
+class QRA(StageKind):
+    name = "qra"
+    gate_fields = ("qra_asr", "qra_clean_to_target")
+
+    def enabled(self, spec) -> bool:
+        return spec.plan.qra.enabled
+
+    def chain(self, p: Planner, subject: str, trigger: int) -> list[Stage]:
+        if subject == "baseline" or not self.enabled(p.spec) or not p.budgets:
+            return []
+        label = p.labels[trigger]
+        base = (StageId("evaluate"),) if subject == "model" else (StageId("purify", subject),)
+        guide = StageId("retune", subject, label, p.budgets[0].key)
+        return [Stage(StageId("qra", subject, label), needs=base + (guide, StageId("baseline")),
+                      trigger=trigger, cost=qra_work(p.spec, p.sizes))]
+
+    def run(self, stage, inputs, results, progress) -> StageResult:
+        require_backdoor(inputs, results, stage)
+        i = stage.trigger
+        guide = next(s for s in stage.needs if s.kind == "retune")
+        q = qra_attack.run_qra(subject_model(stage, inputs, results),
+                               results.model(guide, "retuned"), baseline_model(results),
+                               inputs.pool, inputs.test, inputs.triggered(i),
+                               inputs.triggers[i], inputs.spec.plan.qra,
+                               device=inputs.device, seed=inputs.spec.seed + 7,
+                               progress=progress)
+        return StageResult({"asr": q.asr, "clean_to_target": q.clean_to_target,
+                            "ref_asr": q.ref_asr, "ref_clean_to_target": q.ref_clean_to_target},
+                           {"generator": q.generator})
+
+    def fill(self, f: Filling, stage, values) -> None:
+        if (t := f.trigger(stage)) is not None:
+            t.qra = QRAResult(**values)
