@@ -24,7 +24,7 @@ VERDICT_RULE = ("no_backdoor: the trigger's ASR on the submitted model is below 
 def verdict(m: MethodResult, spec: AuditSpec) -> str:
     """The rule of VERDICT_RULE; without a baseline, P-ASR against removed_asr. Accuracy
     comes first: a method that breaks the model "removes" any backdoor, and calling it
-    robust would recommend it (FST at C-Acc 0.34 was, in docs/RESULTS.md)."""
+    robust would recommend a broken model."""
     rs = spec.plan.retune
     if m.acc_drop is not None and m.acc_drop > rs.max_acc_drop:
         return "degraded"

@@ -56,10 +56,10 @@ from .features import learn_feature_mask, stage_features
 from .generator import Output, UNet, normalized_mse, pretrained_generator
 from .scan import Scan, ScanParams, smallest_triggers
 
-# The inversion's sizes on a CPU: what the demo runs (BadNets and Blended targets found with
-# share 1.0 at 900 images, docs/RESULTS.md), where the authors' 50 / 20 / 30 epochs of a
-# width-32 generator take hours. The generator's residual output is part of it: at these
-# epochs the linear one found a Blended target with share 0.33 (docs/RESULTS.md).
+# The inversion's sizes on a CPU, where the authors' 50 / 20 / 30 epochs of a width-32
+# generator take hours: sizes that still find BadNets and Blended targets (the figures are in
+# docs/RESULTS.md). The residual output is part of them: at so few epochs a linear output
+# does not reach a Blended target.
 CPU_SIZES = {"pretrain_epochs": 5, "mask_epochs": 5, "gen_epochs": 10, "gen_width": 8,
              "gen_blocks": 3, "gen_output": "residual", "batch_size": 32, "scan": 500}
 
