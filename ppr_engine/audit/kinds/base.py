@@ -39,11 +39,6 @@ class Planner:
     def method_keys(self) -> list[str]:
         return [m.key for m in self.spec.plan.methods]
 
-    @property
-    def ep_key(self) -> str | None:
-        """The audit's EP method, which the RA/QRA baseline reuses (None without one)."""
-        return next((m.key for m in self.spec.plan.methods if m.name == "ep"), None)
-
     def ids(self, kind: str) -> tuple[StageId, ...]:
         return tuple(s.id for s in self.stages if s.kind == kind)
 

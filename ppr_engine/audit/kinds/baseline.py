@@ -14,6 +14,11 @@ from ..stage import Stage, StageId, StageResult
 from .base import Filling, Planner, StageKind, active, require_backdoor
 
 
+def ep_key(spec) -> str | None:
+    """The audit's EP method, which the baseline reuses as its model (None without one)."""
+    return next((m.key for m in spec.plan.methods if m.name == "ep"), None)
+
+
 class Baseline(StageKind):
     name = "baseline"
 
@@ -23,7 +28,7 @@ class Baseline(StageKind):
     def stages(self, p: Planner) -> list[Stage]:
         if not self.enabled(p.spec):
             return []
-        ep = p.ep_key
+        ep = ep_key(p.spec)
         reuse = ep is not None and not p.spec.reference
         needs = (StageId("evaluate"),) + ((StageId("purify", ep),) if reuse else ())
         own = 0.0 if ep or p.spec.reference else DEFENSES.get("ep").parse({}).work(
@@ -36,7 +41,7 @@ class Baseline(StageKind):
         spec = inputs.spec
         keep = active(results)
         values: dict[str, Any] = {}
-        ep = next((m.key for m in spec.plan.methods if m.name == "ep"), None)
+        ep = ep_key(spec)
         if spec.reference:
             model = load_model(Path(spec.reference), spec.model.arch, spec.model.num_classes,
                                width=spec.model.width).to(inputs.device)
