@@ -30,6 +30,24 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, LossFn], None]
 
 
+def progress_parts(progress: Progress, weights: list[float]) -> list[Progress]:
+    """`progress` split over the consecutive parts of one task by their relative cost: part
+    i maps its own fraction (0 to 1) onto its share of the task's, so the task's fraction
+    only grows from one part to the next (a method with rounds of inversion and unlearning
+    shows one rising fraction, not each part's from zero)."""
+    total = sum(weights) or 1.0
+    parts, start = [], 0.0
+    for w in weights:
+        end = start + w / total
+
+        def part(message: str, fraction: float, start=start, end=end) -> None:
+            progress(message, start + (end - start) * min(1.0, max(0.0, fraction)))
+
+        parts.append(part)
+        start = end
+    return parts
+
+
 def no_progress(message: str, fraction: float) -> None:
     """The progress callback that reports nothing."""
 
@@ -153,4 +171,4 @@ def accuracy(model: nn.Module, data: ImageSet, **kw) -> float:
 
 
 __all__ = ["Cancelled", "Progress", "accuracy", "autocast", "cosine", "eval_batches", "fit",
-           "no_progress", "pick_device", "predict", "prepare", "sgd"]
+           "no_progress", "pick_device", "predict", "prepare", "progress_parts", "sgd"]

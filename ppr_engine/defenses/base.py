@@ -131,6 +131,22 @@ def round_record(model: nn.Module, reference: nn.Module, ctx: DefenseContext,
     return out
 
 
+def round_weights(p, ctx: DefenseContext, model: nn.Module, passes: int = 1) -> list[float]:
+    """The relative costs of a rounds-based method's parts in the order they run, for its
+    progress (`progress_parts`): the generator's pre-training, then per round the inversion
+    and the unlearning (`passes` forward and backward passes per image). Methods whose data
+    are the real trigger (`data: trigger`) invert nothing: those parts weigh 0."""
+    n = len(ctx.clean)
+    rounds = p.rounds
+    inverting = getattr(p, "data", "bti") != "trigger"
+    inversion = (p.inversion.part_work(n, head_of(model).out_features, rounds) if inverting
+                 else [0.0] * (rounds + 1))
+    out = [inversion[0]]
+    for r in range(rounds):
+        out += [inversion[1 + r], passes * p.step_images(n)]
+    return out
+
+
 def scaled_epochs(p: ScaledBudget, n: int) -> int:
     """`p.epochs` scaled to a set of `n` images (at least 1 epoch; unscaled above scale_to
     only by the same rule, so a larger set gets fewer epochs and the same steps)."""

@@ -23,7 +23,7 @@ from torch import nn
 from ..bounds import budget
 from ..inversion import InversionParams, Inverter
 from ..inversion.features import stage_features
-from ..train import fit
+from ..train import fit, progress_parts
 from .base import (
     DEFENSES,
     DefenseContext,
@@ -31,6 +31,7 @@ from .base import (
     ScaledBudget,
     replace_share,
     round_record,
+    round_weights,
     scaled_epochs,
 )
 
@@ -94,15 +95,16 @@ class MixedBatches:
 def bti_dbf(model, ctx: DefenseContext, p: BTIParams) -> Purified:
     """Rounds of (invert against the current model, unlearn with G(x) under true labels)."""
     reference = copy.deepcopy(model).eval()
-    inverter = Inverter(model, ctx, p.inversion)
+    parts = progress_parts(ctx.progress, round_weights(p, ctx, model, passes=2))
+    inverter = Inverter(model, ctx, p.inversion, parts[0])
     epochs = scaled_epochs(p, len(ctx.clean))
     rounds: list[dict] = []
     for r in range(p.rounds):
-        inverter.run_round(model, ctx.progress)
+        inverter.run_round(model, parts[1 + 2 * r])
         batches = MixedBatches(inverter, p.ratio, p.feature_weight)
         fit(model, ctx.clean, epochs=epochs, lr=p.lr, optimizer="adam", weight_decay=0.0,
             schedule="constant", batch_size=p.batch_size, augment=p.augment, device=ctx.device,
-            seed=ctx.seed + r, progress=ctx.progress, stage=f"bti_dbf unlearning {r + 1}",
+            seed=ctx.seed + r, progress=parts[2 + 2 * r], stage=f"bti_dbf unlearning {r + 1}",
             transform=batches.transform, loss_fn=batches.loss)
         rounds.append(round_record(model, reference, ctx))
     return Purified(model, {**inverter.record(), "epochs_per_round": epochs, "rounds": rounds})

@@ -31,7 +31,7 @@ from torch import nn
 from ..bounds import budget
 from ..errors import SpecError
 from ..inversion import InversionParams, Inverter
-from ..train import autocast, fit
+from ..train import autocast, fit, progress_parts
 from .base import (
     DEFENSES,
     DefenseContext,
@@ -39,6 +39,7 @@ from .base import (
     ScaledBudget,
     replace_share,
     round_record,
+    round_weights,
     scaled_epochs,
     triggers_fn,
 )
@@ -119,21 +120,22 @@ def pam(model, ctx: DefenseContext, p: PAMParams) -> Purified:
         if not ctx.triggers:
             raise SpecError("pam with data: trigger needs a trigger in `triggers`")
         transform = replace_share(triggers_fn(ctx.triggers, ctx.clean.split), p.ratio)
-    else:
-        inverter = Inverter(reference, ctx, p.inversion)
+    parts = progress_parts(ctx.progress, round_weights(p, ctx, model))
+    if p.data != "trigger":
+        inverter = Inverter(reference, ctx, p.inversion, parts[0])
     step = PAMStep(model, reference, p.rho, ctx.device)
     epochs = scaled_epochs(p, len(ctx.clean))
     rounds: list[dict] = []
     for r in range(p.rounds):
         if inverter is not None:
-            inverter.run_round(model, ctx.progress)
+            inverter.run_round(model, parts[1 + 2 * r])
             transform = inverted_batches(inverter, p.ratio)
         # the momentum buffer restarts each round (the authors keep one optimizer; at
         # momentum 0.1 a buffer fades within a few steps)
         fit(model, ctx.clean, epochs=epochs, lr=p.lr, momentum=p.momentum,
             weight_decay=p.weight_decay, batch_size=p.batch_size, schedule=p.schedule,
             augment=p.augment, optimizer=p.optimizer, device=ctx.device, seed=ctx.seed + r,
-            progress=ctx.progress, transform=transform, step_fn=step,
+            progress=parts[2 + 2 * r], transform=transform, step_fn=step,
             stage=f"pam round {r + 1}/{p.rounds}")
         rounds.append(round_record(model, reference, ctx, p.rho))
     if inverter is not None:

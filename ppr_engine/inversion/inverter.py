@@ -38,6 +38,7 @@ Remaining departures, each for a stated reason:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -48,8 +49,8 @@ from torch import nn
 
 from ..bounds import budget
 from ..data import DeviceLoader
-from ..models import architecture, model_fingerprint
-from ..train import Progress, no_progress
+from ..models import architecture, head_of, model_fingerprint
+from ..train import Progress, no_progress, progress_parts
 from .context import InversionContext, own_random_stream, tf32_matmuls
 from .detection import Detection, detect_target
 from .features import learn_feature_mask, stage_features
@@ -124,10 +125,16 @@ class InversionParams(BaseModel):
         (the model's; the generator's cost, a few times smaller than a CIFAR ResNet-18's, is
         not counted): pre-training (two passes), per round the mask (one) and the generator
         (two), detection, and the scans (once)."""
+        return sum(self.part_work(n, classes, rounds))
+
+    def part_work(self, n: int, classes: int, rounds: int = 1) -> list[float]:
+        """`work` by part, in the order the parts run: pre-training, then each round (the
+        first with the detection and the scans)."""
         p = self.on()
-        per_round = (p.mask_epochs + 2 * p.gen_epochs) * n
-        scan = p.scan.work(n, classes) if p.verify else 0.0
-        return float(2 * p.pretrain_epochs * n + rounds * per_round + n / 3 + scan)
+        per_round = float((p.mask_epochs + 2 * p.gen_epochs) * n)
+        first = n / 3 + (p.scan.work(n, classes) if p.verify else 0.0)
+        return [float(2 * p.pretrain_epochs * n)] + [per_round + (first if r == 0 else 0.0)
+                                                     for r in range(rounds)]
 
     def bound_is_absolute(self, arch: str) -> bool:
         """Whether the feature bound applies as it is to `arch`'s features."""
@@ -153,14 +160,18 @@ class RoundRecord:
 class Inverter:
     """BTI-DBF's generator and its rounds of inversion against a model that changes."""
 
-    def __init__(self, model: nn.Module, ctx: InversionContext, p: InversionParams) -> None:
+    def __init__(self, model: nn.Module, ctx: InversionContext, p: InversionParams,
+                 progress: Progress | None = None) -> None:
+        """Pre-train the generator against `model` (its progress to `progress`, by default
+        the context's)."""
         p = p.on(ctx.device.type)
         self.p, self.device = p, ctx.device
         self.ctx = InversionContext.of(ctx)  # the defender's data, never a known trigger
         self.loader = DeviceLoader(ctx.clean, p.batch_size, shuffle=True, augment=p.augment,
                                    device=ctx.device, seed=ctx.seed)
+        pretraining = dataclasses.replace(self.ctx, progress=progress or ctx.progress)
         with tf32_matmuls(ctx.device):  # fp32 with TF32 matrix products, this work only
-            self.gen = pretrained_generator(model, self.ctx, self.loader, width=p.gen_width,
+            self.gen = pretrained_generator(model, pretraining, self.loader, width=p.gen_width,
                                             blocks=p.gen_blocks, output=p.gen_output,
                                             epochs=p.pretrain_epochs, lr=p.gen_lr)
         self.opt = torch.optim.Adam(self.gen.parameters(), lr=p.gen_lr)
@@ -179,12 +190,17 @@ class Inverter:
         later rounds are the same whether it ran here or earlier."""
         with tf32_matmuls(self.device):
             if self.rounds:
-                return self._round(model, progress)
+                return self._round(model, progress, no_progress)
             key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
                    self.p.model_dump_json(), self.ctx.seed, len(self.ctx.clean))
             if key not in self.ctx.cache:
+                n = len(self.ctx.clean)
+                generator, scan = self.p.part_work(n, head_of(model).out_features)[1], 0.0
+                if self.p.verify:
+                    scan = self.p.scan.work(n, head_of(model).out_features)
+                    generator -= scan
                 with own_random_stream(self.device, self.ctx.seed):
-                    self._round(model, progress)
+                    self._round(model, *progress_parts(progress, [generator, scan]))
                 self.ctx.cache[key] = copy.deepcopy(self._state())
             else:
                 progress("inversion round 1: the audit's earlier inversion of this model", 1.0)
@@ -205,8 +221,10 @@ class Inverter:
         self.loader.generator.set_state(state["loader"])
         self.rounds, self.detection = state["rounds"], state["detection"]
 
-    def _round(self, model: nn.Module, progress: Progress) -> Detection:
-        """One round of mask and generator training (and, first, detection)."""
+    def _round(self, model: nn.Module, progress: Progress, scan_progress: Progress
+               ) -> Detection:
+        """One round of mask and generator training (and, first, detection and the scans,
+        whose progress goes to `scan_progress`)."""
         p, dev, r = self.p, self.device, len(self.rounds)
         mask, inv = learn_feature_mask(model, self.loader, p.mask_epochs, self.ctx.seed + r)
         std = model.input_std
@@ -253,22 +271,22 @@ class Inverter:
             det = detect_target(model, self.gen, self.ctx.clean, dev, self.ctx.seed + r,
                                 p.min_confidence, augment=p.augment)
             if p.verify:
-                det.scan = self._scan(model, det.target)
+                det.scan = self._scan(model, det.target, scan_progress)
             self.detection = det
         return self.detection
 
-    def _scan(self, model: nn.Module, target: int) -> Scan:
+    def _scan(self, model: nn.Module, target: int, progress: Progress) -> Scan:
         """The smallest-trigger scans of the model the target is detected on, until one
         confirms `target` (cached per audit: BTI-DBF and PAM detect on the same submitted
         model)."""
         key = ("scan", model_fingerprint(model), self.p.scan.model_dump_json(), self.ctx.seed,
                target)
         if key not in self.ctx.cache:
-            self.ctx.progress("trigger scan", 0.0)
+            progress("trigger scan", 0.0)
             with own_random_stream(self.device, self.ctx.seed):
                 self.ctx.cache[key] = smallest_triggers(
                     model, self.ctx.clean, self.ctx.val, self.p.scan, self.device,
-                    self.ctx.seed, self.ctx.progress, confirm=target)
+                    self.ctx.seed, progress, confirm=target)
         return self.ctx.cache[key]
 
     @torch.no_grad()
@@ -293,9 +311,11 @@ class Inverter:
 def invert(model: nn.Module, ctx: InversionContext, p: InversionParams, rounds: int = 1
            ) -> Inverter:
     """Inversion alone on a fixed `model` (no unlearning between rounds)."""
-    inverter = Inverter(model, ctx, p)
-    for _ in range(rounds):
-        inverter.run_round(model, ctx.progress)
+    parts = progress_parts(ctx.progress, p.part_work(len(ctx.clean), head_of(model)
+                                                     .out_features, rounds))
+    inverter = Inverter(model, ctx, p, parts[0])
+    for r in range(rounds):
+        inverter.run_round(model, parts[1 + r])
     return inverter
 
 

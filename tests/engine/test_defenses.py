@@ -2,6 +2,7 @@
 the mechanisms that define FST, PAM, EP and BTI-DBF."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -357,3 +358,40 @@ def test_evaluation_and_fp_head_inputs_build_no_autograd_graph(backdoored, defen
     cached = head_inputs(model, defender_set)
     assert seen and not any(seen)
     assert not any(f.requires_grad for f in cached)
+
+
+@pytest.mark.parametrize("name", ["pam", "bti_dbf", "pam_trigger"])
+def test_a_rounds_method_reports_one_rising_progress(name, ctx, backdoored):
+    """PAM and BTI-DBF run parts (pre-training, then per round the inversion and the
+    unlearning, the first round with the scans): the stage's fraction only grows over them,
+    from near 0 to 1, instead of starting again from 0 with each part."""
+    tiny = {"pretrain_epochs": 1, "mask_epochs": 1, "gen_epochs": 2, "gen_width": 4,
+            "gen_blocks": 2, "batch_size": 64, "scan": {"epochs": 1, "max_images": 100}}
+    params = {"rounds": 2, "epochs": 1, "scale_to": None, "augment": False}
+    if name == "pam_trigger":
+        name, params = "pam", {**params, "data": "trigger"}
+    else:
+        params["inversion"] = tiny
+    seen: list[tuple[str, float]] = []
+    fresh = dataclasses.replace(ctx, progress=lambda m, f: seen.append((m, f)), cache={})
+    purify(name, backdoored, fresh, params)
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions), [(m, round(f, 3)) for m, f in seen]
+    assert fractions[0] <= 0.5 and fractions[-1] == pytest.approx(1.0)
+    messages = " ".join(m for m, _ in seen)
+    assert "round 2/2" in messages or "unlearning 2" in messages
+    if "data" not in params:
+        assert "generator pre-training" in messages and "trigger scan" in messages
+
+
+def test_an_inversion_alone_reports_one_rising_progress(ctx, backdoored):
+    """`attack: inverted` inverts without unlearning: pre-training, rounds and the scan
+    share one rising fraction too."""
+    from ppr_engine.inversion import InversionParams, invert
+
+    p = InversionParams(pretrain_epochs=1, mask_epochs=1, gen_epochs=2, gen_width=4,
+                        gen_blocks=2, batch_size=64, scan={"epochs": 1, "max_images": 100})
+    seen: list[float] = []
+    invert(backdoored, dataclasses.replace(ctx, progress=lambda m, f: seen.append(f), cache={}),
+           p, rounds=2)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] < 0.5
