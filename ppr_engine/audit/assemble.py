@@ -67,7 +67,7 @@ def _judge(res: MethodResult, model: ModelResult, spec) -> None:
 def assemble(spec, plan: AuditPlan, results: Results, records: dict[str, StageStatus],
              report: AuditReport) -> AuditReport:
     """Fill `report` (provenance already set) from the stages, then headline and gate."""
-    f = Filling(spec, results, report, trigger_labels(spec))
+    f = Filling(results, report, trigger_labels(spec))
     evaluated = results.ok("evaluate")
     if evaluated:
         KINDS["evaluate"].fill(f, plan.get("evaluate"), results.values("evaluate"))

@@ -194,11 +194,9 @@ class Inverter:
             key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
                    self.p.model_dump_json(), self.ctx.seed, len(self.ctx.clean))
             if key not in self.ctx.cache:
-                n = len(self.ctx.clean)
-                generator, scan = self.p.part_work(n, head_of(model).out_features)[1], 0.0
-                if self.p.verify:
-                    scan = self.p.scan.work(n, head_of(model).out_features)
-                    generator -= scan
+                n, k = len(self.ctx.clean), head_of(model).out_features
+                scan = self.p.scan.work(n, k) if self.p.verify else 0.0
+                generator = self.p.part_work(n, k)[1] - scan  # the round less its scans
                 with own_random_stream(self.device, self.ctx.seed):
                     self._round(model, *progress_parts(progress, [generator, scan]))
                 self.ctx.cache[key] = copy.deepcopy(self._state())

@@ -47,7 +47,6 @@ class Planner:
 class Filling:
     """The report being assembled from the stages, and where each kind's values go."""
 
-    spec: AuditSpec
     results: Results
     report: AuditReport
     labels: list[str]
