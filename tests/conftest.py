@@ -81,11 +81,16 @@ def demo_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
-    """An untrained small_cnn checkpoint (enough for validation and fast jobs)."""
+    """An untrained small_cnn checkpoint (enough for validation and fast jobs). Seeded: an
+    untrained net predicts one class for every image, and which one follows the random
+    stream; with seed 0 it is not class 0, the tests' BadNets target, so the checkpoint has
+    no backdoor whatever ran before it (unseeded, one session in ten gave it ASR 0.97)."""
     from ppr_engine.checkpoint import save_model
 
     path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
-    save_model(models.create("small_cnn", 10), path)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(models.create("small_cnn", 10), path)
     return path
 
 
