@@ -2,7 +2,7 @@
 same device, same model, same batch size.
 
 The engine (`ppr_engine.train.fit`): uint8 images resident on the device, crop and flip as
-batched tensor ops, bf16 autocast and channels_last on CUDA. The reference style (what
+batched tensor ops, channels_last, bf16 autocast on CUDA. The reference style (what
 BackdoorBench's training does): PIL images through torchvision transforms, a `DataLoader`
 with worker processes, fp32. Model FLOP utilization (MFU) is the achieved training FLOP/s
 (forward + backward FLOPs of one image counted by `torch.utils.flop_counter`, times
@@ -159,7 +159,7 @@ def main() -> None:
 
     write(f"train_throughput-{device.type}-{a.arch}" + (f"-{a.tag}" if a.tag else ""), {
         "what": f"{a.arch} training images/s, batch {a.batch}: the engine's fit (device-"
-                f"resident data, tensor augmentation, bf16+channels_last on CUDA) against a "
+                f"resident data, tensor augmentation, channels_last, bf16 on CUDA) against a "
                 f"reference-style loop (PIL + torchvision transforms, DataLoader with "
                 f"{a.workers} workers, fp32), same process and device",
         "data": ref, "images": len(ds),

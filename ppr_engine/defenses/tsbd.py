@@ -122,9 +122,11 @@ def zero_top_changes(model: nn.Module, ranked: list[tuple[str, int, torch.Tensor
     zeroed = torch.zeros((), dtype=torch.long)
     with torch.no_grad():
         for name, (chans, changes) in by_layer.items():
-            w = convs[name].weight.view(convs[name].weight.shape[0], -1)
+            # indexed on the weight itself: a flattened view of a channels_last weight is
+            # a copy, and writes to it would be lost
+            w = convs[name].weight
             idx = torch.tensor(chans, device=w.device)
-            hit = torch.stack(changes) >= threshold
+            hit = torch.stack(changes).reshape(len(chans), *w.shape[1:]) >= threshold
             w[idx] = w[idx].masked_fill(hit, 0.0)
             zeroed += hit.sum().cpu()
     return out, int(zeroed)
