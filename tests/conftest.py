@@ -84,7 +84,8 @@ def small_checkpoint(tmp_path_factory):
     """An untrained small_cnn checkpoint (enough for validation and fast jobs). Seeded: an
     untrained net predicts one class for every image, and which one follows the random
     stream; with seed 0 it is not class 0, the tests' BadNets target, so the checkpoint has
-    no backdoor whatever ran before it (unseeded, one session in ten gave it ASR 0.97)."""
+    no backdoor whatever ran before it (unseeded, one session's order of tests left it
+    predicting class 0: ASR 0.97)."""
     from ppr_engine.checkpoint import save_model
 
     path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
