@@ -122,8 +122,8 @@ def zero_top_changes(model: nn.Module, ranked: list[tuple[str, int, torch.Tensor
     zeroed = torch.zeros((), dtype=torch.long)
     with torch.no_grad():
         for name, (chans, changes) in by_layer.items():
-            # indexed on the weight itself: a flattened view of a channels_last weight is
-            # a copy, and writes to it would be lost
+            # indexed on the weight itself: a channels_last weight has no flat view, and
+            # writes to a flattened copy would be lost
             w = convs[name].weight
             idx = torch.tensor(chans, device=w.device)
             hit = torch.stack(changes).reshape(len(chans), *w.shape[1:]) >= threshold

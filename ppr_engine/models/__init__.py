@@ -113,12 +113,18 @@ def submodule(model: nn.Module, path: str) -> nn.Module:
     return model.get_submodule(path)
 
 
+def fast_layout(model: nn.Module) -> nn.Module:
+    """`model` in channels_last, the layout cuDNN's and oneDNN's fast convolutions take: on
+    2 CPU cores a small_cnn training step at batch 32 took 10 ms instead of 26, its
+    input-gradient step at batch 640 (the scans') 200 ms instead of 320."""
+    return model.to(memory_format=torch.channels_last)
+
+
 def frozen_copy(model: nn.Module, train_mode: bool) -> nn.Module:
     """A copy of `model` whose parameters take no gradient (inputs, masks and generators
-    that feed it still do), in channels_last: the scans and inversions differentiate through
-    it for every step (a small_cnn input-gradient step at batch 640 on 2 CPU cores: 200 ms
-    instead of 320)."""
-    out = copy.deepcopy(model).train(train_mode).to(memory_format=torch.channels_last)
+    that feed it still do), in the fast layout: scans and inversions differentiate through
+    it at every step."""
+    out = fast_layout(copy.deepcopy(model).train(train_mode))
     for q in out.parameters():
         q.requires_grad_(False)
     return out
