@@ -52,6 +52,26 @@ def train_small(ds, device, epochs: int = 8, seed: int = SEED):
 
 
 @pytest.fixture(scope="session")
+def implanted(device):
+    """`implanted(attack, target, noise=0.6, epochs=8, **params)`: a small_cnn trained on
+    4,000 synthetic images (that noise level) with 10% poisoning by that attack, and its
+    trigger. Trained once per session per recipe: the implant test and the detection tests
+    audit the same models. Callers that change a model must copy it."""
+    trained: dict[tuple, tuple] = {}
+
+    def make(attack: str, target: int, noise: float = 0.6, epochs: int = 8, **params):
+        key = (attack, target, noise, epochs, tuple(sorted(params.items())))
+        if key not in trained:
+            tr = data.make_synthetic(4000, seed=0, noise=noise)
+            trig = attacks.build_trigger(attack, {"target": target, **params})
+            poisoned = attacks.poison_training_set(tr, trig, 0.1, seed=0)
+            trained[key] = train_small(poisoned.data, device, epochs=epochs), trig
+        return trained[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def backdoored(train_set, badnets, device):
     """small_cnn trained on the training set with 10% BadNets poisoning (target 0)."""
     poisoned = attacks.poison_training_set(train_set, badnets, 0.1, seed=SEED)

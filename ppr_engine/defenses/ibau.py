@@ -64,8 +64,10 @@ def ibau(model, ctx: DefenseContext, p: IBAUParams) -> Purified:
             with torch.no_grad():
                 pseudo = model(x).argmax(1)
             loss = -F.cross_entropy(model(x + delta * std), pseudo) + p.penalty * delta.pow(2).sum()
-            d_opt.zero_grad()
-            loss.backward()
+            # the perturbation's gradient only: backward() would also fill every weight's
+            # gradient, a second backward pass through the weights that the unlearning
+            # step below overwrites
+            (delta.grad,) = torch.autograd.grad(loss, delta)
             d_opt.step()
         delta = delta.detach()
         for x, y in batches:

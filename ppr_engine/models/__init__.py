@@ -122,12 +122,49 @@ def fast_layout(model: nn.Module) -> nn.Module:
 
 def frozen_copy(model: nn.Module, train_mode: bool) -> nn.Module:
     """A copy of `model` whose parameters take no gradient (inputs, masks and generators
-    that feed it still do), in the fast layout: scans and inversions differentiate through
-    it at every step."""
-    out = fast_layout(copy.deepcopy(model).train(train_mode))
+    that feed it still do), in the fast layout, its eval-mode BatchNorms folded into their
+    convolutions: scans and inversions differentiate through it at every step."""
+    out = copy.deepcopy(model).train(train_mode)
     for q in out.parameters():
         q.requires_grad_(False)
-    return out
+    if not train_mode:
+        fold_batchnorm(out)
+    return fast_layout(out)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold, in place, every BatchNorm2d fed by a Conv2d alone into that convolution and
+    replace it by an identity; returns how many were folded. An eval-mode BatchNorm is a
+    per-channel affine map, so the model computes the same function (to float rounding)
+    with one layer less forward and backward: on 2 CPU cores the BatchNorms were a fifth of
+    a trigger scan's step. Only for a model that stays in eval mode with frozen weights.
+    The pairs come from an fx trace of the forward; a model fx cannot trace is left as is."""
+    from torch.fx import Node, symbolic_trace
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    try:
+        graph = symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - data-dependent control flow: nothing to fold
+        return 0
+    modules = dict(model.named_modules())
+    calls = [n.target for n in graph.nodes if n.op == "call_module"]
+    folded = 0
+    for node in graph.nodes:
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        src = node.args[0] if node.args else None
+        if not (isinstance(bn, nn.BatchNorm2d) and isinstance(src, Node)
+                and src.op == "call_module" and isinstance(modules[src.target], nn.Conv2d)
+                and len(src.users) == 1 and bn.running_mean is not None
+                and calls.count(node.target) == calls.count(src.target) == 1):
+            continue
+        conv = modules[src.target]
+        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                    bn.eps, bn.weight, bn.bias)
+        conv.weight, conv.bias = w.requires_grad_(False), b.requires_grad_(False)
+        parent, _, name = str(node.target).rpartition(".")
+        setattr(model.get_submodule(parent), name, nn.Identity())
+        folded += 1
+    return folded
 
 
 def model_fingerprint(model: nn.Module) -> str:

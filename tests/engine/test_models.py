@@ -1,5 +1,7 @@
 """Every registered architecture builds and runs a forward pass; heads and stages exist."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -69,3 +71,68 @@ def test_width_is_refused_for_a_fixed_width_architecture():
         validate_spec({"model": {"arch": "vgg16_bn", "width": 16},
                        "data": {"clean": "synthetic:?n=100", "test": "synthetic:?n=100"},
                        "triggers": [{"attack": "badnets", "target": 3}]})
+
+
+def _logits_and_input_grad(model: nn.Module, x: torch.Tensor):
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), x.grad
+
+
+def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((got.double() - exact).norm() / exact.norm().clamp_min(1e-12))
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_a_frozen_eval_copy_folds_its_batchnorms_and_computes_the_same(name):
+    """Scans and inversions differentiate through an eval-mode frozen copy: its BatchNorms
+    are folded into their convolutions, and its logits and input gradients are as close to
+    the exact ones (float64) as the model's own in float32 (BatchNorm statistics drawn away
+    from the identity, so a wrong fold shows)."""
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=7)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.eval()
+    before = _batchnorms(model)
+    frozen = models.frozen_copy(model, train_mode=False)
+    assert _batchnorms(model) == before  # the model itself is untouched
+    assert before == 0 or _batchnorms(frozen) < before
+    size = models.architecture(name).input_size
+    x = torch.rand(2, 3, size, size)
+    exact = _logits_and_input_grad(copy.deepcopy(model).double(), x.double())
+    for ours, folded, want in zip(_logits_and_input_grad(model, x),
+                                  _logits_and_input_grad(frozen, x), exact, strict=True):
+        assert _error(folded, want) <= 2 * _error(ours, want) + 1e-6
+    train_copy = models.frozen_copy(model, train_mode=True)  # batch statistics: kept
+    assert _batchnorms(train_copy) == before
+
+
+def test_a_convolution_read_twice_keeps_its_batchnorm():
+    """Folding rewrites the convolution's weights: where another layer also reads its
+    output (here a skip connection), the BatchNorm stays."""
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.bn(h) + h
+
+    model = Skip().eval()
+    model.bn.running_mean.fill_(0.3)
+    x = torch.rand(2, 3, 8, 8)
+    want = model(x)
+    assert models.fold_batchnorm(model) == 0 and isinstance(model.bn, nn.BatchNorm2d)
+    assert torch.equal(model(x), want)

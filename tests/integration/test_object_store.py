@@ -20,7 +20,7 @@ from ppr_engine import audit
 from ppr_engine.spec import validate_spec
 from service.app import create_app
 
-from .conftest import wait_for
+from .conftest import HALF_THE_CORES, wait_for
 from .test_stages import SPEC, _submit, assert_same_methods
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def test_two_workers_share_an_audit_through_an_object_store(dist_settings, worke
     url = f"{s3_bucket}/ppr"
     gateway = dist_settings.model_copy(update={"artifact_url": url})
     homes = {name: tmp_path / name for name in ("w1", "w2")}
-    env = {name: {"PPR_ARTIFACT_URL": url, "PPR_DATA_DIR": str(home)}
+    env = {name: {"PPR_ARTIFACT_URL": url, "PPR_DATA_DIR": str(home), **HALF_THE_CORES}
            for name, home in homes.items()}
     spec = json.loads(json.dumps(SPEC))
     spec["plan"]["methods"][0]["epochs"] = 20  # long enough to be killed in

@@ -17,7 +17,7 @@ from ppr_engine import audit
 from ppr_engine.spec import validate_spec
 from service.app import create_app
 
-from .conftest import group_members, wait_for
+from .conftest import HALF_THE_CORES, group_members, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def _both_alive(client, n: int = 2) -> bool:
 def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
     local = audit.run(validate_spec(SPEC), bd3)
     with TestClient(create_app(dist_settings)) as client:
-        workers.start("w1"), workers.start("w2")
+        workers.start("w1", HALF_THE_CORES), workers.start("w2", HALF_THE_CORES)
         wait_for(lambda: _both_alive(client), 90, what="two workers' heartbeats")
         job_id = _submit(client, bd3, SPEC)
         before = _stages(client, job_id)
@@ -105,7 +105,7 @@ def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers,
     spec = json.loads(json.dumps(SPEC))
     spec["plan"]["methods"][0]["epochs"] = 20  # long enough to be killed in
     with TestClient(create_app(dist_settings)) as client:
-        procs = {"w1": workers.start("w1"), "w2": workers.start("w2")}
+        procs = {n: workers.start(n, HALF_THE_CORES) for n in ("w1", "w2")}
         wait_for(lambda: _both_alive(client), 90, what="two workers' heartbeats")
         job_id = _submit(client, bd3, spec)
         store = client.app.state.store
