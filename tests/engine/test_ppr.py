@@ -122,6 +122,7 @@ def test_qra_with_the_retuned_answers_computed_once_learns_the_per_epoch_generat
     import torch.nn.functional as F
 
     from ppr_engine.data import DeviceLoader
+    from ppr_engine.models import frozen_copy
     from ppr_engine.ppr.qra import PerturbationGenerator
 
     spec = QRASpec(epochs=3, hidden=64, clean_num=100, poison_num=100)
@@ -132,8 +133,8 @@ def test_qra_with_the_retuned_answers_computed_once_learns_the_per_epoch_generat
     torch.manual_seed(0)
     gen = PerturbationGenerator(tuple(ds.x.shape[1:]), spec.hidden, spec.eps / 255).to(device)
     opt = torch.optim.SGD(gen.parameters(), lr=spec.lr, momentum=spec.momentum)
-    for m in (purified, retuned, ref):
-        m.requires_grad_(False)
+    # the same frozen eval-mode copies QRA differentiates through (BatchNorms folded)
+    purified, retuned, ref = (frozen_copy(m, train_mode=False) for m in (purified, retuned, ref))
     loader = DeviceLoader(ds, spec.batch_size, shuffle=True, device=device, seed=0)
     for _ in range(spec.epochs):
         for x, y in loader:
