@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -147,7 +148,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     except Exception:  # noqa: BLE001 - data-dependent control flow: nothing to fold
         return 0
     modules = dict(model.named_modules())
-    calls = [n.target for n in graph.nodes if n.op == "call_module"]
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     folded = 0
     for node in graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None
@@ -155,7 +156,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         if not (isinstance(bn, nn.BatchNorm2d) and isinstance(src, Node)
                 and src.op == "call_module" and isinstance(modules[src.target], nn.Conv2d)
                 and len(src.users) == 1 and bn.running_mean is not None
-                and calls.count(node.target) == calls.count(src.target) == 1):
+                and calls[node.target] == calls[src.target] == 1):
             continue
         conv = modules[src.target]
         w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,

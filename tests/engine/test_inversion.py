@@ -15,7 +15,7 @@ from ppr_engine.demo import DEMO_ATTACKER, DEMO_CLEAN, DEMO_INVERSION, DEMO_TEST
 from ppr_engine.inversion import Detection, InversionParams, Scan, ScanResult, invert
 from ppr_engine.spec import validate_spec
 
-from .test_attacks import IMPLANT
+from .test_attacks import IMPLANT, IMPLANT_TARGET
 
 
 def test_pam_with_inverted_data_removes_blended_target_3_and_holds_under_ra(tmp_path,
@@ -76,7 +76,7 @@ def test_bti_dbf_detects_a_badnets_target_7(implanted, device):
     assert pinned.detection.verified is None and pinned.detection.scan is None
 
 
-@pytest.mark.parametrize("attack,target", [("sig", 3), ("wanet", 7)])
+@pytest.mark.parametrize("attack,target", [(a, IMPLANT_TARGET[a]) for a in ("sig", "wanet")])
 def test_bti_dbf_is_never_confidently_wrong_on_sig_and_wanet(attack, target, implanted,
                                                              device):
     """SIG and WaNet at this scale: the generator sends most images to a class that a
