@@ -100,6 +100,17 @@ def demo_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_report(demo_checkpoint):
+    """The demo's audit without QRA and LMC (its model, data, methods and RA sweep), run
+    once: the known-answer test reads it, and so do the tests of the methods it runs at
+    their demo settings (BTI-DBF's purification)."""
+    from ppr_engine import audit
+    from ppr_engine.demo import demo_spec
+
+    return audit.run(demo_spec(quick=True), demo_checkpoint).report
+
+
+@pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory):
     """An untrained small_cnn checkpoint (enough for validation and fast jobs). Seeded: an
     untrained net predicts one class for every image, and which one follows the random

@@ -22,6 +22,7 @@ from ..checkpoint import load_model
 from ..data import ImageSet
 from ..defenses import DefenseContext
 from ..errors import SpecError
+from ..inversion.context import SharedCache
 from ..metrics import attack_success_rate
 from ..ppr.lmc import PathPoint, backdoored_end
 from ..ppr.retune import RetuneSet, build_retune_set
@@ -189,5 +190,6 @@ def load_inputs(spec: AuditSpec, checkpoint: Path, *, resolve_dataset=None,
     inputs = AuditInputs(spec, device, bd, clean.to(device), clean_train.to(device),
                          val.to(device), test.to(device), pool.to(device), triggers,
                          trigger_labels(spec), prov)
-    inputs.ctx = DefenseContext(inputs.clean_train, inputs.val, device, spec.seed)
+    inputs.ctx = DefenseContext(inputs.clean_train, inputs.val, device, spec.seed,
+                                cache=SharedCache(inputs.clean_train, inputs.val, device))
     return inputs

@@ -30,7 +30,8 @@ Remaining departures, each for a stated reason:
 - Detection is verified (`verify`) and carries a confidence: the authors' rule alone was
   confidently wrong on SIG and WaNet models and on models trained clean (docs/RESULTS.md).
   Later rounds still pull G toward the detected class whether or not it is confident, as
-  the authors do (`pull: always`); `pull: confident` keeps the stricter rule.
+  the authors do (`pull: always`, BTI-DBF's default); `pull: confident` keeps the stricter
+  rule, and PAM does not pull (`pull: never`, its own default: see `PAMParams`).
 - The pre-training's prediction term (see `pretrained_generator`).
 - The round record (`RoundRecord`) is ours: what to look at when a detection fails.
 """
@@ -191,8 +192,11 @@ class Inverter:
         with tf32_matmuls(self.device):
             if self.rounds:
                 return self._round(model, progress, no_progress)
+            # the pull acts from the second round on: PAM (never) and BTI-DBF (always)
+            # share the first
             key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
-                   self.p.model_dump_json(), self.ctx.seed, len(self.ctx.clean))
+                   self.p.model_dump_json(exclude={"pull"}), self.ctx.seed,
+                   len(self.ctx.clean))
             if key not in self.ctx.cache:
                 n, k = len(self.ctx.clean), head_of(model).out_features
                 scan = self.p.scan.work(n, k) if self.p.verify else 0.0

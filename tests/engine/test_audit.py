@@ -18,12 +18,6 @@ DATA = {"clean": "synthetic:?n=1000&seed=2", "test": "synthetic:?n=1000&seed=1",
         "attacker": "synthetic:?n=2000&seed=3"}
 
 
-@pytest.fixture(scope="module")
-def demo_report(demo_checkpoint):
-    """The demo's audit without QRA and LMC: its model, data, methods and RA sweep."""
-    return audit.run(demo_spec(quick=True), demo_checkpoint).report
-
-
 def test_known_answer_the_demo_tells_the_papers_story(demo_report):
     """On the demo's data (BadNets, target 3): FT does not remove the backdoor; FST and
     BTI-DBF remove it but a retuning budget brings it back far faster than on the EP
@@ -79,13 +73,19 @@ def test_the_demo_audited_with_an_inverted_trigger_agrees_with_the_known_trigger
     FST's verdict itself is not compared: RA with the inverted trigger also teaches the EP
     baseline a good part of it (P-ASR 0.59 measured, against 0.10 with the true trigger), so
     FST's gap (0.35 measured) sits near enough to the 0.2 margin that two CPU runs have put
-    it on either side."""
+    it on either side.
+
+    The demo's audit inverted this model from the same data with the same settings (its
+    BTI-DBF and PAM): this audit takes that first round from the process's cache."""
     raw = demo_spec(quick=True).model_dump(mode="json")
     raw["triggers"] = [DEMO_UNKNOWN_TRIGGER]
     raw["plan"]["methods"] = [m for m in raw["plan"]["methods"] if m["name"] in ("fst", "ep")]
     raw["plan"]["retune"]["sweep"] = []
     raw["gate"] = ["model.backdoors_found == 0"]
-    r = audit.run(validate_spec(raw), demo_checkpoint).report
+    messages = []
+    r = audit.run(validate_spec(raw), demo_checkpoint,
+                  progress=lambda stage, f, message: messages.append(message)).report
+    assert any("the audit's earlier inversion of this model" in m for m in messages)
     inv = r.inversions[0]
     assert inv.found and inv.target == 3 and inv.trigger == "inverted", inv.conclusion
     assert inv.scan["smallest"] == 3 and inv.scan["ratio"] <= 0.5

@@ -30,7 +30,7 @@ CASES = {
     "ibau": ({"rounds": 5, "lr": 1e-3}, False),
     "ft_sam": ({"epochs": 20, "augment": False, "lr": 0.02}, True),
     "bti_dbf": ({"rounds": 2, "epochs": 30, "scale_to": None, "augment": False,
-                 "inversion": SMALL_INVERSION}, True),
+                 "inversion": SMALL_INVERSION}, True),  # on the demo's audit, see below
     "ep": ({"epochs": 10, "augment": False}, True),
     "pam": ({"rounds": 1, "epochs": 10, "scale_to": None, "momentum": 0.9, "augment": False,
              "data": "trigger"}, True),
@@ -69,7 +69,12 @@ def test_every_method_is_covered():
     assert sorted([*CASES, *BACKDOORBENCH_CASES]) == sorted(DEFENSES.names())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# Methods whose purification the demo's audit already runs at these settings, on its own
+# BadNets model (target 3): checked on that shared run rather than run again here.
+ON_THE_DEMO = {"bti_dbf"}
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - ON_THE_DEMO))
 def test_method_keeps_accuracy_and_removes_when_meant_to(name, ctx, backdoored, test_set,
                                                          triggered):
     params, removes = CASES[name]
@@ -97,9 +102,24 @@ def test_method_keeps_accuracy_and_removes_when_meant_to(name, ctx, backdoored, 
     for k, v in backdoored.state_dict().items():  # the input model is never modified
         assert torch.equal(v, before[k]), f"{name} modified the input model ({k})"
     assert out.seconds > 0 and "val_acc" in out.record
-    if name == "bti_dbf":  # its inversion found the true target, and says it is sure
-        det = out.record["detection"]
-        assert det["target"] == 0 and det["confident"], det
+
+
+def test_bti_dbf_keeps_accuracy_and_removes_the_demos_backdoor(demo_report):
+    """BTI-DBF(U) at the settings of `CASES` (the demo's: 2 rounds x 30 epochs, the CPU
+    inversion) on the demo's BadNets model: accuracy within 0.10, ASR below 0.20, and its
+    inversion found the true target (3) and says it is sure. (`purify` runs every method on
+    a copy, so the input model's check above holds for it as for the others.)"""
+    params, removes = CASES["bti_dbf"]
+    bti = demo_report.method("bti_dbf")
+    assert removes and {k: bti.params[k] for k in ("rounds", "epochs", "scale_to", "augment")
+                        } == {k: params[k] for k in ("rounds", "epochs", "scale_to", "augment")}
+    assert {k: bti.params["inversion"][k] for k in SMALL_INVERSION if k != "scan"} == {
+        k: v for k, v in SMALL_INVERSION.items() if k != "scan"}
+    assert bti.o_cacc >= demo_report.model.c_acc - 0.10, (bti.o_cacc, demo_report.model.c_acc)
+    assert bti.o_asr < 0.20, bti.o_asr
+    assert bti.seconds > 0 and "val_acc" in bti.record
+    det = bti.record["detection"]
+    assert det["target"] == 3 and det["confident"], det
 
 
 def test_fst_projects_the_head_norm_after_every_step_and_penalizes_the_weight_only(

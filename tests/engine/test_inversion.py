@@ -53,12 +53,22 @@ def test_pam_with_inverted_data_removes_blended_target_3_and_holds_under_ra(tmp_
     assert pam.verdict == expected, (pam.verdict, pam.acc_drop, pam.max_gap)
 
 
-def test_bti_dbf_detects_a_badnets_target_7(implanted, device):
+@pytest.fixture(scope="module")
+def demo_defender(device):
+    """The demo's defender (1,000 images, 10% held out) with the process's inversion cache,
+    as an audit on the demo's data has it: the tests below and the audits above that invert
+    the same model share that work."""
+    from ppr_engine.inversion.context import SharedCache
+
+    train, val = data.train_val(data.load(DEMO_CLEAN), 0.1, seed=0)
+    return DefenseContext(train, val, device, seed=0, cache=SharedCache(train, val, device))
+
+
+def test_bti_dbf_detects_a_badnets_target_7(implanted, demo_defender):
     """Detection for another target than the demo's 3 and the Blended test's 3, confirmed by
     the smallest-trigger scan."""
     model, _ = implanted("badnets", 7)
-    train, val = data.train_val(data.make_synthetic(1000, seed=2), 0.1, seed=0)
-    ctx = DefenseContext(train, val, device, seed=0)
+    ctx = demo_defender
     inverter = invert(copy.deepcopy(model), ctx, InversionParams(**DEMO_INVERSION))
     det = inverter.detection
     assert det.target == 7 and det.confident and det.verified, det.record()
@@ -74,6 +84,28 @@ def test_bti_dbf_detects_a_badnets_target_7(implanted, device):
         "norm_bound": 1e-12, "verify": False}))
     assert [(r.held_back, r.held_back_pixel) for r in pinned.rounds] == [(1.0, 1.0)]
     assert pinned.detection.verified is None and pinned.detection.scan is None
+
+
+@pytest.mark.parametrize("attack,target", [("badnets", 7), ("blended", 3), ("blended", 7)])
+def test_pam_at_its_defaults_purifies_other_attacks_and_targets(attack, target, implanted,
+                                                                 demo_defender):
+    """PAM with its default inversion (no pull after the first round), at the demo's
+    budget, finds the target and purifies BadNets and Blended models with targets other
+    than the demo's: ASR at most 0.2, clean accuracy within 0.05 of the model's. (BadNets
+    -> 3 is the demo's own audit; Blended -> 3 is also audited under RA above.)"""
+    from ppr_engine.attacks import triggered_test
+    from ppr_engine.defenses import purify
+    from ppr_engine.metrics import attack_success_rate, clean_accuracy
+
+    model, trig = implanted(attack, target)
+    pam = next(m for m in demo_spec(quick=True).plan.methods if m.name == "pam")
+    out = purify("pam", model, demo_defender, pam.params())
+    assert out.record["inversion_settings"]["pull"] == "never"
+    assert out.record["detection"]["target"] == target, out.record["detection"]
+    test = data.load(DEMO_TEST)
+    acc0, acc = clean_accuracy(model, test), clean_accuracy(out.model, test)
+    asr = attack_success_rate(out.model, triggered_test(test, trig), target)
+    assert asr <= 0.2 and acc >= acc0 - 0.05, (asr, acc0, acc)
 
 
 @pytest.mark.parametrize("attack,target", [(a, IMPLANT_TARGET[a]) for a in ("sig", "wanet")])
@@ -303,3 +335,24 @@ def test_the_inversions_tf32_flags_are_its_own_and_restored():
             assert not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_the_process_cache_is_scoped_by_the_defenders_data_and_bounded(defender_set):
+    """Audits in one process share inversion work only when the defender's data and the
+    device are the same (the keys name the model and settings, the scope the rest); the
+    oldest entries go first once the bound is reached."""
+    from ppr_engine.inversion.context import SharedCache
+
+    a, b = defender_set.subset(torch.arange(50)), defender_set.subset(torch.arange(50, 100))
+    cpu = torch.device("cpu")
+    SharedCache.clear()
+    first, again, other = SharedCache(a, b, cpu), SharedCache(a, b, cpu), SharedCache(b, a, cpu)
+    first["generator"] = "G"
+    assert "generator" in again and again["generator"] == "G" and list(again) == ["generator"]
+    assert "generator" not in other and len(other) == 0
+    for i in range(SharedCache.MAX_ENTRIES):
+        other[i] = i
+    assert "generator" not in first  # evicted: the least recently used
+    assert len(other) == SharedCache.MAX_ENTRIES
+    SharedCache.clear()
+    assert len(other) == 0
