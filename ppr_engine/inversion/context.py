@@ -51,7 +51,8 @@ class SharedCache(MutableMapping):
 
     Entries are the most recent `MAX_ENTRIES` over all scopes (a generator with its
     optimizer state, or a scan: tens of MB each at the authors' sizes, far less at the CPU
-    sizes); a hit is always deep-copied by its reader, so nothing a stage does changes it."""
+    sizes); generators and rounds are deep-copied by their readers and scans are only read,
+    so nothing a stage does changes an entry."""
 
     MAX_ENTRIES = 8
     _store: OrderedDict[tuple, Any] = OrderedDict()
