@@ -66,7 +66,7 @@ class PAMParams(ScaledBudget):
     data: Literal["bti", "trigger"] = Field("bti", description="unlearning data: BTI-DBF "
                                             "inverted samples, or the real trigger")
     inversion: InversionParams = Field(
-        default_factory=lambda: InversionParams(pull="never"),
+        default_factory=InversionParams, validate_default=True,
         description="the inversion's settings (BTI-DBF's); PAM's own default for `pull` is "
         "never, where BTI-DBF's is always")
 

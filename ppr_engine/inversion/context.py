@@ -75,29 +75,34 @@ class SharedCache(MutableMapping):
             cls._store.clear()
 
     def __getitem__(self, key: Any) -> Any:
+        scoped = (self.scope, key)  # hashed (once) outside the process-wide lock
         with self._lock:
-            value = self._store[(self.scope, key)]
-            self._store.move_to_end((self.scope, key))
+            value = self._store[scoped]
+            self._store.move_to_end(scoped)
             return value
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        scoped = (self.scope, key)
         with self._lock:
-            self._store[(self.scope, key)] = value
-            self._store.move_to_end((self.scope, key))
+            self._store[scoped] = value
+            self._store.move_to_end(scoped)
             while len(self._store) > self.MAX_ENTRIES:
                 self._store.popitem(last=False)
 
     def __delitem__(self, key: Any) -> None:
+        scoped = (self.scope, key)
         with self._lock:
-            del self._store[(self.scope, key)]
+            del self._store[scoped]
 
     def __contains__(self, key: object) -> bool:
+        scoped = (self.scope, key)
         with self._lock:
-            return (self.scope, key) in self._store
+            return scoped in self._store
 
     def _keys(self) -> list:
+        scope = self.scope
         with self._lock:
-            return [k for s, k in self._store if s == self.scope]
+            return [k for s, k in self._store if s == scope]
 
     def __iter__(self) -> Iterator:
         return iter(self._keys())
