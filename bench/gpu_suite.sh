@@ -119,6 +119,9 @@ summary = {"environment": env, "seconds": seconds,
            "engine_mfu": {k: v.get("engine_mfu") for k, v in through.items()},
            "engine_images_per_second": {k: v.get("engine_images_per_second")
                                         for k, v in through.items()},
+           "engine_graphed": {k: v.get("engine_graphed") for k, v in through.items()},
+           "engine_eager_images_per_second": {k: v.get("engine_eager_images_per_second")
+                                              for k, v in through.items()},
            "audit_seconds": audit.get("audit_seconds") if audit else None,
            "files": sorted(p.name for p in out.iterdir())}
 (out / "gpu_suite.json").write_text(json.dumps(summary, indent=2) + "\n")

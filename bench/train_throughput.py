@@ -2,7 +2,9 @@
 same device, same model, same batch size.
 
 The engine (`ppr_engine.train.fit`): uint8 images resident on the device, crop and flip as
-batched tensor ops, channels_last, bf16 autocast on CUDA. The reference style (what
+batched tensor ops, channels_last, bf16 autocast on CUDA; timed twice, with its capture-safe
+step (`graphed_step`: a fused optimizer, one CUDA graph per batch shape on CUDA) and with the
+eager loop. The reference style (what
 BackdoorBench's training does): PIL images through torchvision transforms, a `DataLoader`
 with worker processes, fp32. Model FLOP utilization (MFU) is the achieved training FLOP/s
 (forward + backward FLOPs of one image counted by `torch.utils.flop_counter`, times
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write  # noqa: E402
 from ppr_engine import data as data_mod  # noqa: E402
-from ppr_engine import models  # noqa: E402
+from ppr_engine import graphed_step, models  # noqa: E402
 from ppr_engine.train import fit, pick_device  # noqa: E402
 
 
@@ -67,14 +69,19 @@ def train_flops_per_image(arch: str, num_classes: int, size: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def engine_rate(arch: str, ds, epochs: int, batch: int, device: torch.device) -> float:
-    """Images/s of `fit` (after one warm-up epoch on a slice)."""
+def engine_rate(arch: str, ds, epochs: int, batch: int, device: torch.device,
+                capture_safe: bool) -> float:
+    """Images/s of `fit` (after one warm-up epoch on a slice): with `capture_safe`, the
+    step of `graphed_step` (one CUDA graph per batch shape on CUDA, eager on the CPU), else
+    the plain eager loop."""
     model = models.create(arch, ds.num_classes)
     warm, _ = data_mod.take(ds, n=min(len(ds), 20 * batch), seed=1)
-    fit(model, warm, epochs=1, lr=0.05, batch_size=batch, device=device)
+    fit(model, warm, epochs=1, lr=0.05, batch_size=batch, device=device,
+        capture_safe=capture_safe)
     sync(device)
     t = time.perf_counter()
-    fit(model, ds, epochs=epochs, lr=0.05, batch_size=batch, device=device)
+    fit(model, ds, epochs=epochs, lr=0.05, batch_size=batch, device=device,
+        capture_safe=capture_safe)
     sync(device)
     return epochs * len(ds) / (time.perf_counter() - t)
 
@@ -151,7 +158,8 @@ def main() -> None:
         ds, _ = data_mod.take(ds, n=min(a.images, len(ds)), seed=0)
     flops = train_flops_per_image(a.arch, ds.num_classes, arch.input_size)
     peak = matmul_peak(device)
-    engine = engine_rate(a.arch, ds, a.epochs, a.batch, device)
+    eager = engine_rate(a.arch, ds, a.epochs, a.batch, device, capture_safe=False)
+    engine = engine_rate(a.arch, ds, a.epochs, a.batch, device, capture_safe=True)
     reference = reference_rate(a.arch, ds, a.ref_epochs, a.batch, device, a.workers)
 
     def mfu(rate: float) -> float | None:
@@ -159,16 +167,22 @@ def main() -> None:
 
     write(f"train_throughput-{device.type}-{a.arch}" + (f"-{a.tag}" if a.tag else ""), {
         "what": f"{a.arch} training images/s, batch {a.batch}: the engine's fit (device-"
-                f"resident data, tensor augmentation, channels_last, bf16 on CUDA) against a "
+                f"resident data, tensor augmentation, channels_last, bf16 on CUDA; its "
+                f"capture-safe step, one CUDA graph per batch shape on CUDA, and the eager "
+                f"loop) against a "
                 f"reference-style loop (PIL + torchvision transforms, DataLoader with "
                 f"{a.workers} workers, fp32), same process and device",
         "data": ref, "images": len(ds),
         "train_gflop_per_image": round(flops / 1e9, 3),
         "bf16_matmul_peak_tflops": round(peak / 1e12, 1) if peak else None,
         "engine_images_per_second": round(engine, 1),
+        "engine_graphed": bool(graphed_step._REPLAY_CHECKED),
+        "engine_eager_images_per_second": round(eager, 1),
+        "graphed_over_eager": round(engine / eager, 2),
         "reference_images_per_second": round(reference, 1),
         "ratio": round(engine / reference, 2),
-        "engine_mfu": mfu(engine), "reference_mfu": mfu(reference)})
+        "engine_mfu": mfu(engine), "engine_eager_mfu": mfu(eager),
+        "reference_mfu": mfu(reference)})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ The same code runs on the CPU for tests. No per-sample Python on the hot path.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from .data import DeviceLoader, ImageSet, to_float
 from .errors import Cancelled
+from .graphed_step import FitStep, cosine_schedule, make_optimizer
 from .models import fast_layout
 
 # A progress callback gets (message, fraction in [0, 1]); it may raise Cancelled.
@@ -93,7 +95,7 @@ def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: f
         progress: Progress = no_progress, after_step: Callable[[], None] | None = None,
         transform: Batch | None = None, loss_fn: LossFn | None = None,
         step_fn: StepFn | None = None, optimizer: str = "sgd",
-        stage: str = "train") -> nn.Module:
+        stage: str = "train", capture_safe: bool | None = None) -> nn.Module:
     """Train `model` on `data`; returns the same model, trained.
 
     The hooks make this the one loop of every recipe: `transform` edits each batch (EP and
@@ -101,24 +103,42 @@ def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: f
     (FST's penalty, NAD's distillation), `step_fn` replaces backward-and-step (PAM and SAM
     take gradients elsewhere), `after_step` runs after each step (FST's projection, FP's
     mask). `optimizer` is "sgd" (with momentum) or "adam" (BTI-DBF(U)'s unlearning).
+    `capture_safe` (default: on CUDA) takes the steps through `graphed_step.FitStep`, where
+    with fit's own loss each step is one CUDA graph; a `step_fn` step is always eager.
     """
     device = device or pick_device()
     prepare(model, device)
     loader = DeviceLoader(data, batch_size, shuffle=True, augment=augment, device=device,
                           seed=seed)
     trainable = params if params is not None else model.parameters()
-    opt = (torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
-           else sgd(trainable, lr, momentum, weight_decay))
     total = epochs * len(loader)
     loss = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=label_smoothing))
-    sched = cosine(opt, total) if schedule == "cosine" else None
+    if capture_safe is None:
+        capture_safe = device.type == "cuda"
+    runner = lr_now = lr_at = sched = None
+    if capture_safe and step_fn is None:
+        lr_now = torch.tensor(float(lr), device=device)
+        lr_at = cosine_schedule(lr, total, device) if schedule == "cosine" else None
+        opt = make_optimizer(trainable, optimizer, lr_now, momentum, weight_decay)
+        # a loss of the caller's may read tensors a graph would hold stale (BTI-DBF(U)'s
+        # clean batch): only fit's own loss is captured
+        runner = FitStep(model, opt, loss, device,
+                         graph=device.type == "cuda" and loss_fn is None)
+    else:
+        opt = (torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
+               if optimizer == "adam" else sgd(trainable, lr, momentum, weight_decay))
+        sched = cosine(opt, total) if schedule == "cosine" else None
     model.train()
     step = 0
     for epoch in range(epochs):
         for x, y, index in loader.indexed():
             if transform is not None:
                 x, y = transform(x, y, index)
-            if step_fn is not None:
+            if runner is not None:
+                if lr_at is not None:
+                    lr_now.copy_(lr_at[step])
+                runner.step(x, y)
+            elif step_fn is not None:
                 step_fn(model, x, y, opt, loss)
             else:
                 with autocast(device):
@@ -151,15 +171,16 @@ def eval_batches(data: ImageSet | torch.Tensor, device: torch.device,
 def predict(model: nn.Module, data: ImageSet | torch.Tensor, *, device: torch.device | None = None,
             batch_size: int = 1024) -> torch.Tensor:
     """Predicted labels (on the CPU) for every image in `data` (uint8 or ImageSet); one
-    copy to the host at the end, not one per batch."""
+    copy to the host at the end, not one per batch. The model is never switched between
+    train and eval mode (stages may share it): a model in train mode is predicted with by
+    an eval-mode copy."""
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    if model.training:
+        model = copy.deepcopy(model).eval()
     out = []
     for x in eval_batches(data, device, batch_size):
         with autocast(device):
             out.append(model(x).argmax(1))
-    model.train(was_training)
     return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
 
 

@@ -30,7 +30,8 @@ from torch import nn
 
 from ..data import DeviceLoader
 from ..models import frozen_copy, model_fingerprint
-from .context import InversionContext, own_random_stream
+from ..scoped import own_random_stream
+from .context import InversionContext
 from .features import stage_features
 
 Output = Literal["direct", "residual"]

@@ -51,8 +51,9 @@ from torch import nn
 from ..bounds import budget
 from ..data import DeviceLoader
 from ..models import architecture, head_of, model_fingerprint
+from ..scoped import own_random_stream, tf32_matmuls
 from ..train import Progress, no_progress, progress_parts
-from .context import InversionContext, own_random_stream, tf32_matmuls
+from .context import InversionContext
 from .detection import Detection, detect_target
 from .features import learn_feature_mask, stage_features
 from .generator import Output, UNet, normalized_mse, pretrained_generator

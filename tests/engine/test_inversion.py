@@ -320,7 +320,7 @@ def test_the_first_round_is_inverted_once_per_audit_and_a_hit_equals_a_miss(back
 def test_the_inversions_tf32_flags_are_its_own_and_restored():
     """The inversion allows TF32 for its own fp32 work on CUDA and gives the process its
     flags back, so a stage run after it (or beside it) computes as it would alone."""
-    from ppr_engine.inversion.context import tf32_matmuls
+    from ppr_engine.scoped import tf32_matmuls
 
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:

@@ -1,0 +1,183 @@
+"""`fit`'s step in a form one CUDA graph can hold: forward, loss, backward and optimizer.
+
+On a GPU the host, not the device, bounds a small model's step: a few hundred aten ops at
+tens of microseconds each. Replaying a captured CUDA graph launches them all at once. For
+that the step must be capture-safe, which is what this module's step is on every device:
+
+- the learning rate is a one-element device tensor read by a fused optimizer, set from a
+  schedule computed once (`cosine_schedule`), so no Python float changes between steps;
+- the batch is copied into static input buffers (channels_last, the model's layout);
+- autocast does not cache its weight casts (a cache would be captured stale);
+- nothing in the step reads a value back to the host.
+
+On CUDA each batch shape (the full batch and the epoch's tail) is captured once, after a
+few warm-up steps whose effects are undone. The first capture in a process is checked: one
+replay against one eager step from the same state on the same batch; if they differ, or a
+loss cannot be captured (a host sync inside it), the step stays eager and says so in the
+log. On the CPU the step runs eagerly: the tests compare it there with `fit`'s own loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+log = logging.getLogger("ppr.engine")
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# The devices on which this process has checked a replay against an eager step.
+_REPLAY_CHECKED: dict[str, bool] = {}
+
+
+def cosine_schedule(lr: float, total_steps: int, device: torch.device) -> torch.Tensor:
+    """The learning rate of every step of a cosine decay to zero over `total_steps` (what
+    `CosineAnnealingLR` gives step by step, in closed form), on `device`."""
+    t = torch.arange(max(1, total_steps), dtype=torch.float64)
+    values = lr * (1 + torch.cos(math.pi * t / max(1, total_steps))) / 2
+    return values.to(device=device, dtype=torch.float32)
+
+
+def make_optimizer(params: Iterable[torch.Tensor], kind: str, lr: torch.Tensor,
+                   momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """A fused SGD (with momentum) or Adam reading its learning rate from the tensor `lr`;
+    its state is created now, at zero, so that no step allocates (zero state steps exactly
+    as a fresh optimizer's first step does)."""
+    params = [p for p in params if p.requires_grad]
+    if kind == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        for p in params:
+            opt.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                            "exp_avg_sq": torch.zeros_like(p,
+                                                           memory_format=torch.preserve_format)}
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                              fused=True)
+        if momentum:
+            for p in params:
+                opt.state[p] = {"momentum_buffer": torch.zeros_like(
+                    p, memory_format=torch.preserve_format)}
+    return opt
+
+
+class FitStep:
+    """One training step of `fit` (see module): `step(x, y)` trains `model` on the batch
+    with the learning rate currently in `lr`."""
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, loss: LossFn,
+                 device: torch.device, *, graph: bool | None = None) -> None:
+        self.model, self.opt, self.loss, self.device = model, opt, loss, device
+        self.graph = device.type == "cuda" if graph is None else graph
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with self._autocast():
+            value = self.loss(self.model, x, y)
+        self.opt.zero_grad(set_to_none=True)
+        value.backward()
+        self.opt.step()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Train on one batch: a graph replay where one is held for its shape, else eager."""
+        if not self.graph:
+            self._eager(x, y)
+            return
+        key = (tuple(x.shape), x.dtype, tuple(y.shape))
+        if key not in self._graphs:
+            captured = self._capture(x, y)
+            if captured is None:  # not capturable: this fit stays eager
+                self.graph = False
+                self._eager(x, y)
+                return
+            self._graphs[key] = captured
+            if not _REPLAY_CHECKED.get(str(self.device)):
+                self._check_replay(captured, x, y)  # takes this batch's step
+                return
+        graph, static_x, static_y = self._graphs[key]
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+
+    def _state(self) -> list[torch.Tensor]:
+        """Every tensor a step changes: parameters, buffers (BatchNorm statistics and
+        counts) and the optimizer's state."""
+        out = list(self.model.parameters()) + list(self.model.buffers())
+        for state in self.opt.state.values():
+            out += [v for v in state.values() if isinstance(v, torch.Tensor)]
+        return out
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [t.detach().clone() for t in self._state()]
+
+    def _restore(self, saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for t, s in zip(self._state(), saved, strict=True):
+                t.copy_(s)
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor):
+        """(graph, static input, static labels) for this batch shape, or None (logged) when
+        the step cannot be captured. Warm-up steps run on a side stream, as capture needs,
+        and what they changed is put back."""
+        saved = self._snapshot()
+        static_x = torch.empty_like(x, memory_format=torch.channels_last
+                                    if x.dim() == 4 else torch.preserve_format)
+        static_y = torch.empty_like(y)
+        static_x.copy_(x)
+        static_y.copy_(y)
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._eager(static_x, static_y)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._restore(saved)
+            graph = torch.cuda.CUDAGraph()
+            self.opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                with self._autocast():
+                    value = self.loss(self.model, static_x, static_y)
+                value.backward()
+                self.opt.step()
+        except RuntimeError as exc:
+            torch.cuda.synchronize(self.device)
+            self._restore(saved)
+            log.warning("training step not captured as a CUDA graph (%s); running eagerly",
+                        str(exc).splitlines()[0][:200])
+            return None
+        return graph, static_x, static_y
+
+    def _check_replay(self, captured, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The first capture in a process: one eager step and one replay from the same
+        state on this batch must agree. If they do, the replay's step stands; if not, the
+        eager step's does, the graphs are dropped and this fit stays eager (logged)."""
+        saved = self._snapshot()
+        self._eager(x, y)
+        eager = self._snapshot()
+        self._restore(saved)
+        graph, static_x, static_y = captured
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        worst = max((float((g - e).abs().max() / e.abs().max().clamp_min(1e-12))
+                     for g, e in zip(self._snapshot(), eager, strict=True)
+                     if g.is_floating_point() and g.numel()), default=0.0)
+        if worst <= 1e-3:
+            _REPLAY_CHECKED[str(self.device)] = True
+            return
+        log.warning("a CUDA-graph replay of the training step differs from the eager step "
+                    "(relative %.2g); running eagerly", worst)
+        self._restore(eager)
+        self._graphs.clear()
+        self.graph = False
