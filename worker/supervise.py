@@ -35,12 +35,12 @@ _CONTEXT: Any = None
 
 def context():
     """The multiprocessing context children start from (forkserver on Linux, with the
-    engine imported once; spawn elsewhere)."""
+    engine imported and warmed once, `worker.preload`; spawn elsewhere)."""
     global _CONTEXT
     if _CONTEXT is None:
         if sys.platform.startswith("linux"):
             _CONTEXT = mp.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["worker.child"])
+            _CONTEXT.set_forkserver_preload(["worker.preload"])
         else:
             _CONTEXT = mp.get_context("spawn")
     return _CONTEXT
