@@ -15,3 +15,15 @@ def spin(pidfile: str, settings_json: str, conn, started: float) -> None:
     x = 0
     while True:
         x += 1
+
+
+def warm_state(conn) -> None:
+    """A child that reports what it found done when it was forked: whether torch's meta
+    kernels' sympy is loaded and how many FLOP counts are cached."""
+    import sys
+
+    from ppr_engine.cost import forward_flops
+
+    conn.send({"sympy": "sympy" in sys.modules,
+               "flop_counts": forward_flops.cache_info().currsize})
+    conn.close()

@@ -284,3 +284,20 @@ def test_a_running_stage_shows_its_own_progress_and_every_stage_its_seconds(
     stages = client.get(f"/v1/jobs/{job_id}/stages").json()
     assert all(s["state"] in ("ok", "skipped") and s["seconds"] is not None for s in stages), [
         (s["id"], s["state"], s["seconds"]) for s in stages]
+
+
+def test_children_are_forked_from_a_warmed_server():
+    """What every stage child would otherwise pay for itself (the meta-device model build
+    behind the shape check and the FLOP count) is done in the fork server, once."""
+    from worker.supervise import context
+
+    from .spin import warm_state
+
+    ctx = context()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=warm_state, args=(send,))
+    proc.start()
+    send.close()
+    state = receive.recv()
+    proc.join(30)
+    assert state == {"sympy": True, "flop_counts": 1}
