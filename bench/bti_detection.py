@@ -89,7 +89,7 @@ RULES = {"patch": ("patch",), "patch+warp": ("patch", "warp"),
 
 def run_one(attack: str, target: int | None, seed: int, device: torch.device,
             cifar: tuple[dict[str, str], int] | None = None,
-            families: tuple[str, ...] = FAMILIES) -> dict:
+            families: tuple[str, ...] = FAMILIES, scan: dict | None = None) -> dict:
     """Train one model and invert it (target None: a model trained clean)."""
     model, asr, clean = (cifar_model(attack, target or 0, seed, device, *cifar) if cifar
                          else backdoored_model(attack, target or 0, seed, device))
@@ -97,7 +97,7 @@ def run_one(attack: str, target: int | None, seed: int, device: torch.device,
     start = time.perf_counter()
     ctx = DefenseContext(train_part, val, device, seed=seed)
     inversion = {**BENCH_INVERSION, "scan": {**BENCH_INVERSION["scan"],
-                                             "families": list(families)}}
+                                             "families": list(families), **(scan or {})}}
     det = invert(model, ctx, InversionParams(**inversion)).detection
     row = {"attack": attack, "target": target, "seed": seed,
            "asr": round(asr, 3) if asr is not None else None,
@@ -167,7 +167,11 @@ def main() -> None:
     ap.add_argument("--cifar", type=Path, help="cifar10-jpeg.tar.gz: real data instead")
     ap.add_argument("--cache", type=Path, help="decode the archive once into .npz files here")
     ap.add_argument("--epochs", type=int, default=30, help="CIFAR-10 training epochs")
+    ap.add_argument("--scan-images", type=int, help="the scans' images (default: the demo's)")
+    ap.add_argument("--scan-epochs", type=int, help="the scans' epochs (default: the demo's)")
     a = ap.parse_args()
+    scan = {k: v for k, v in (("max_images", a.scan_images), ("epochs", a.scan_epochs))
+            if v is not None}
     cifar = None
     if a.cifar:
         from bench.cifar10_fidelity import split_refs
@@ -182,14 +186,16 @@ def main() -> None:
     for s in a.seeds:
         for attack in a.attacks:
             for t in (None,) if attack.startswith("clean") else a.targets:
-                rows.append(run_one(attack, t, s, device, cifar, tuple(a.families)))
+                rows.append(run_one(attack, t, s, device, cifar, tuple(a.families), scan))
                 print(rows[-1], flush=True)
                 (RESULTS / f"{name}.md").write_text(table(rows))
                 write(name, {
                     "what": "BTI-DBF detection, small_cnn, "
                             + ("CIFAR-10 at CPU scale" if cifar else "synthetic")
                             + ", 10% poisoning",
-                    "inversion": InversionParams(**BENCH_INVERSION).model_dump(),
+                    "inversion": InversionParams(**{**BENCH_INVERSION, "scan": {
+                        **BENCH_INVERSION["scan"], "families": list(a.families),
+                        **scan}}).model_dump(),
                     "rows": rows,
                     "correct": sum(r["correct"] for r in rows), "runs": len(rows),
                     "confidently_wrong": {

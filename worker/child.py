@@ -107,13 +107,15 @@ def execute(job_id: str, worker: str, settings: Settings, store: JobStore,
 
 
 def enter_child(settings_json: str, conn) -> Settings:
-    """What every job or stage child does first: die with the fork server and with the
-    worker (`conn`: the pipe it reports on), leave Ctrl-C to the worker, and use the
-    worker's share of the cores (`PPR_TORCH_THREADS`); its settings."""
+    """What every job or stage child does first: log as the worker does, die with the fork
+    server and with the worker (`conn`: the pipe it reports on), leave Ctrl-C to the
+    worker, and use the worker's share of the cores (`PPR_TORCH_THREADS`); its settings."""
     import torch
 
+    from . import configure_logging
     from .supervise import die_with_parent, die_with_worker
 
+    configure_logging()  # the worker's level and format, into the worker's log
     die_with_parent()
     die_with_worker(conn)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -107,10 +107,9 @@ def main(
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if threads is not None:
         os.environ["PPR_TORCH_THREADS"] = str(threads)
-    import logging
+    from . import configure_logging
 
-    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s %(levelname)s "
-                        "%(name)s] %(message)s")
+    configure_logging(loglevel)
     from service.settings import get_settings
 
     from .tasks import build, worker_id

@@ -89,17 +89,20 @@ class StoredResults:
 
 
 def cached_inputs(job, settings: Settings, store: JobStore, artifacts: ArtifactStore):
-    """The job's spec and inputs, loaded as the in-process executor loads them."""
+    """The job's spec and inputs, loaded as the in-process executor loads them, each data
+    reference decoded once per job (`decoded.StoredDecodes`)."""
     from ppr_engine.audit import load_inputs
     from ppr_engine.spec import AuditSpec
 
     from .child import dataset_resolver
+    from .decoded import StoredDecodes
 
     spec = AuditSpec.model_validate_json(job.spec)
     return spec, load_inputs(spec, artifacts.fetch(job.checkpoint_key),
                              resolve_dataset=dataset_resolver(store, job.principal, artifacts),
                              roots=settings.data_roots or [],
-                             max_checkpoint_bytes=settings.max_upload_bytes)
+                             max_checkpoint_bytes=settings.max_upload_bytes,
+                             load_data=StoredDecodes(artifacts, job.id))
 
 
 def run_stage_child(job_id: str, stage_id: str, worker: str, settings_json: str, conn,

@@ -9,6 +9,7 @@ checkpoint or bad data there is nothing to audit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,11 @@ class AuditInputs:
 
 
 def load_inputs(spec: AuditSpec, checkpoint: Path, *, resolve_dataset=None,
-                roots: list[Path] | None = None, max_checkpoint_bytes: int | None = None
-                ) -> AuditInputs:
-    """Load the checkpoint (safely), the data and the triggers' own data."""
+                roots: list[Path] | None = None, max_checkpoint_bytes: int | None = None,
+                load_data: Callable[..., ImageSet] | None = None) -> AuditInputs:
+    """Load the checkpoint (safely), the data and the triggers' own data. `load_data`
+    (default `data.load`, same arguments) lets a caller that loads the same references
+    again and again (a distributed audit's stages) decode each one once."""
     device = pick_device(spec.device)
     load_kw = {"max_bytes": max_checkpoint_bytes} if max_checkpoint_bytes else {}
     bd = load_model(checkpoint, spec.model.arch, spec.model.num_classes,
@@ -147,7 +150,7 @@ def load_inputs(spec: AuditSpec, checkpoint: Path, *, resolve_dataset=None,
 
     def load(ref: str, name: str) -> ImageSet:
         """Load `ref` and refuse images the model cannot take."""
-        ds = data.load(ref, **kw)
+        ds = (load_data or data.load)(ref, **kw)
         if ds.x.shape[-1] != arch.input_size or ds.x.shape[-2] != arch.input_size:
             raise SpecError(f"{name}: images are {tuple(ds.x.shape[-2:])}, but "
                             f"{spec.model.arch} takes {arch.input_size}x{arch.input_size}; "

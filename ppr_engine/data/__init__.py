@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from .archive import ArchiveLimits, validate_archive
-from .imageset import ImageSet
+from .imageset import ImageSet, read_imageset, save_imageset
 from .loader import DeviceLoader, device_generator, random_crop_flip, to_float
 from .refs import DataRef, confine, parse_ref
 from .sources import load_cifar, load_image, load_imagefolder, load_npz
@@ -64,7 +64,7 @@ def load(ref: str | DataRef, *, resolve_dataset: DatasetResolver | None = None,
 
 __all__ = [
     "ArchiveLimits", "DataRef", "DeviceLoader", "ImageSet", "confine", "device_generator",
-    "load", "make_synthetic",
+    "load", "make_synthetic", "read_imageset", "save_imageset",
     "parse_ref", "random_crop_flip", "stratified_indices", "take", "to_float", "train_val",
     "validate_archive",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -71,3 +72,24 @@ class ImageSet:
         return replace(first, x=torch.cat([s.x for s in sets]),
                        y=torch.cat([s.y for s in sets]),
                        index=torch.cat([s.index for s in sets]))
+
+
+def save_imageset(ds: ImageSet, path: Path) -> None:
+    """`ds` as a safetensors file (images, labels, source positions, class count, split):
+    what `read_imageset` gives back, with no code in it to run."""
+    from safetensors.torch import save_file
+
+    save_file({"x": ds.x.detach().cpu().contiguous(), "y": ds.y.detach().cpu().contiguous(),
+               "index": ds.index.detach().cpu().contiguous()}, str(path),
+              metadata={"num_classes": str(ds.num_classes), "split": ds.split})
+
+
+def read_imageset(path: Path, source: str) -> ImageSet:
+    """The set `save_imageset` wrote, named `source`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        return ImageSet(f.get_tensor("x"), f.get_tensor("y"), int(meta["num_classes"]),
+                        source=source, index=f.get_tensor("index"),
+                        split=meta.get("split", "train"))

@@ -181,3 +181,18 @@ def test_source_pixels_are_bounded_before_decoding(tmp_path, monkeypatch):
         data.load(f"imagefolder:{tmp_path / 'big.tar.gz'}?size=8")
     monkeypatch.setattr(sources, "MAX_SOURCE_PIXELS", 3 * side * side)
     assert len(data.load(f"imagefolder:{tmp_path / 'big.tar.gz'}?size=8")) == 3
+
+
+def test_a_saved_imageset_reads_back_whole(tmp_path):
+    """What a distributed job's first stage stores for the others (worker.decoded): the
+    images, labels, source positions, class count (more than the labels show) and split."""
+    ds = data.load("synthetic:?n=300&seed=4")
+    part, _ = data.take(ds, n=40, seed=1)
+    part = data.ImageSet(part.x, part.y % 3, 10, source="x", index=part.index, split="test")
+    path = tmp_path / "part.safetensors"
+    data.save_imageset(part, path)
+    back = data.read_imageset(path, source="dataset:abc?split=test")
+    assert torch.equal(back.x, part.x) and torch.equal(back.y, part.y)
+    assert torch.equal(back.index, part.index) and not torch.equal(back.index,
+                                                                   torch.arange(40))
+    assert (back.num_classes, back.split, back.source) == (10, "test", "dataset:abc?split=test")

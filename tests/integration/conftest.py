@@ -87,8 +87,10 @@ class Workers:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")[-4000:]
+    def log(self, name: str, tail: int | None = 4000) -> str:
+        """Worker `name`'s log: its last `tail` characters (None: all of it)."""
+        text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+        return text[-tail:] if tail else text
 
     def stop_all(self) -> None:
         for p in self.procs:

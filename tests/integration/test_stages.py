@@ -65,12 +65,44 @@ def _both_alive(client, n: int = 2) -> bool:
     return client.app.state.store.workers.live(within_s=30) >= n
 
 
-def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
-    local = audit.run(validate_spec(SPEC), bd3)
+def _imagefolder_archive(path, refs: dict[str, str]):
+    """The synthetic sets `refs` names (role -> ref), as one ImageFolder tar.gz of PNGs
+    with one top folder per role."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from ppr_engine import data
+
+    with tarfile.open(path, "w:gz") as tf:
+        for role, ref in refs.items():
+            ds = data.load(ref)
+            for i, (x, y) in enumerate(zip(ds.x, ds.y, strict=True)):
+                out = io.BytesIO()
+                Image.fromarray(x.permute(1, 2, 0).numpy()).save(out, format="PNG")
+                info = tarfile.TarInfo(f"{role}/{int(y)}/{i:04d}.png")
+                info.size = out.tell()
+                out.seek(0)
+                tf.addfile(info, out)
+    return path
+
+
+def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3, tmp_path):
+    """The data come as an uploaded archive, as users' do: each reference is decoded by
+    the first stage that needs it and read back by every other stage, on either worker
+    (worker.decoded), and the report is the in-process one."""
+    archive = _imagefolder_archive(tmp_path / "data.tar.gz", SPEC["data"])
+    local_spec = {**SPEC, "data": {r: f"imagefolder:{archive}?split={r}" for r in SPEC["data"]}}
+    local = audit.run(validate_spec(local_spec), bd3)
     with TestClient(create_app(dist_settings)) as client:
         workers.start("w1", HALF_THE_CORES), workers.start("w2", HALF_THE_CORES)
         wait_for(lambda: _both_alive(client), 90, what="two workers' heartbeats")
-        job_id = _submit(client, bd3, SPEC)
+        up = client.post("/v1/datasets", files={"archive": ("data.tar.gz",
+                                                            archive.read_bytes())})
+        assert up.status_code == 201, up.text
+        refs = {r: f"{up.json()['ref']}?split={r}" for r in SPEC["data"]}
+        job_id = _submit(client, bd3, {**SPEC, "data": refs})
         before = _stages(client, job_id)
         assert [s["id"] for s in before] == local.plan.ids  # listed before anything ran
         seen_running = set()
@@ -99,6 +131,12 @@ def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3):
     assert local.report.seconds >= local.report.stage_seconds > 0
     assert remote["stage_seconds"] > 0 and remote["seconds"] >= max(
         s["seconds"] for s in remote["stages"])
+    decoded = [line for name in ("w1", "w2") for line in workers.log(name, None).splitlines()
+               if f"job {job_id}: decoded" in line]
+    assert sorted(line.split("decoded ")[1].split(" (")[0] for line in decoded) == sorted(
+        refs.values()), decoded  # each reference once, whichever worker ran the stage
+    assert remote["provenance"]["data"]["clean"]["sha256"] == local.report.provenance.data[
+        "clean"]["sha256"]
 
 
 def test_a_worker_killed_mid_stage_costs_that_stage_only(dist_settings, workers, bd3):
