@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from ppr_engine.bounds import budget_values
-from ppr_engine.data.refs import parse_ref
 from ppr_engine.spec import AuditSpec
 
 from .errors import ApiError
@@ -129,6 +128,8 @@ def check_budgets(spec: AuditSpec, limits: SpecLimits,
             if getattr(spec.data, role)]
     refs += [(f"triggers[{i}] data", ref) for i, t in enumerate(spec.triggers)
              for ref in t.build().data_refs()]
+    from ppr_engine.data.refs import parse_ref  # (ppr_engine.data imports torch)
+
     for where, text in refs:
         options = parse_ref(text).options
         for option, cap in (("n", limits.max_images), ("size", limits.max_image_side)):

@@ -301,3 +301,11 @@ def test_children_are_forked_from_a_warmed_server():
     state = receive.recv()
     proc.join(30)
     assert state == {"sympy": True, "flop_counts": 1}
+
+
+def test_the_worker_health_check_imports_no_torch():
+    """`ppr worker --check` runs as a container health check every few seconds: what it
+    imports (the settings, the job store, the worker CLI) must not pull in torch."""
+    probe = ("import sys, service.settings, service.store.db, worker.cli; "
+             "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, timeout=120).returncode == 0
