@@ -31,7 +31,8 @@ log = logging.getLogger("ppr.engine")
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
-# The devices on which this process has checked a replay against an eager step.
+# Per device, how this process's first replay compared with an eager step: True (they
+# agreed: graphs from then on), False (they differed: every later fit stays eager).
 _REPLAY_CHECKED: dict[str, bool] = {}
 
 
@@ -90,7 +91,7 @@ class FitStep:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Train on one batch: a graph replay where one is held for its shape, else eager."""
-        if not self.graph:
+        if not self.graph or _REPLAY_CHECKED.get(str(self.device)) is False:
             self._eager(x, y)
             return
         key = (tuple(x.shape), x.dtype, tuple(y.shape))
@@ -161,7 +162,8 @@ class FitStep:
     def _check_replay(self, captured, x: torch.Tensor, y: torch.Tensor) -> None:
         """The first capture in a process: one eager step and one replay from the same
         state on this batch must agree. If they do, the replay's step stands; if not, the
-        eager step's does, the graphs are dropped and this fit stays eager (logged)."""
+        eager step's does, the graphs are dropped and every later step of the process is
+        eager (logged)."""
         saved = self._snapshot()
         self._eager(x, y)
         eager = self._snapshot()
@@ -177,7 +179,8 @@ class FitStep:
             _REPLAY_CHECKED[str(self.device)] = True
             return
         log.warning("a CUDA-graph replay of the training step differs from the eager step "
-                    "(relative %.2g); running eagerly", worst)
+                    "(relative %.2g); training runs eagerly in this process", worst)
+        _REPLAY_CHECKED[str(self.device)] = False
         self._restore(eager)
         self._graphs.clear()
         self.graph = False

@@ -86,8 +86,10 @@ class _Replay:
         self.step, self.lr, self.factor = step, lr, factor
         self.static_x = torch.empty(16, 3, 32, 32)
         self.static_y = torch.empty(16, dtype=torch.long)
+        self.calls = 0
 
     def replay(self) -> None:
+        self.calls += 1
         base = self.lr.clone()
         self.lr.mul_(self.factor)
         self.step._eager(self.static_x, self.static_y)
@@ -119,7 +121,14 @@ def test_a_replay_that_differs_from_the_eager_step_is_dropped(factor, stands, mo
         assert torch.allclose(a.float(), b.float(), atol=1e-6)  # either way: one right step
     assert checked.graph is stands
     assert bool(checked._graphs) is stands
-    assert graphed_step._REPLAY_CHECKED.get("cpu", False) is stands
+    assert graphed_step._REPLAY_CHECKED["cpu"] is stands  # a mismatch: eager from now on
+    # a held graph is replayed only while the process trusts its replays
+    later = FitStep(model, checked.opt, checked.loss, CPU, graph=True)
+    later._graphs[(tuple(x.shape), x.dtype, tuple(y.shape))] = (
+        replay, replay.static_x, replay.static_y)
+    replay.calls = 0
+    later.step(x, y)
+    assert replay.calls == (1 if stands else 0)
 
 
 def test_predict_never_switches_the_models_mode():
