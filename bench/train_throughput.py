@@ -176,7 +176,7 @@ def main() -> None:
         "train_gflop_per_image": round(flops / 1e9, 3),
         "bf16_matmul_peak_tflops": round(peak / 1e12, 1) if peak else None,
         "engine_images_per_second": round(engine, 1),
-        "engine_graphed": bool(graphed_step._REPLAY_CHECKED),
+        "engine_graphed": bool(graphed_step.replays_trusted(device)),
         "engine_eager_images_per_second": round(eager, 1),
         "graphed_over_eager": round(engine / eager, 2),
         "reference_images_per_second": round(reference, 1),

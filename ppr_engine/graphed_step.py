@@ -36,6 +36,13 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 _REPLAY_CHECKED: dict[str, bool] = {}
 
 
+def replays_trusted(device: torch.device | str) -> bool | None:
+    """How this process's first CUDA-graph replay on `device` compared with an eager step:
+    True (graphs are in use), False (they differed: training is eager), None (no capture
+    was checked yet, as on the CPU)."""
+    return _REPLAY_CHECKED.get(str(torch.device(device)))
+
+
 def cosine_schedule(lr: float, total_steps: int, device: torch.device) -> torch.Tensor:
     """The learning rate of every step of a cosine decay to zero over `total_steps` (what
     `CosineAnnealingLR` gives step by step, in closed form), on `device`."""
@@ -74,10 +81,13 @@ class FitStep:
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, loss: LossFn,
                  device: torch.device, *, graph: bool | None = None) -> None:
         self.model, self.opt, self.loss, self.device = model, opt, loss, device
+        self._device_key = str(device)  # this process's replay verdict is kept per device
         self.graph = device.type == "cuda" if graph is None else graph
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def _autocast(self) -> contextlib.AbstractContextManager:
+        """`train.autocast` without its weight-cast cache, which a graph would hold stale
+        (`train` imports this module, so it cannot be called from here)."""
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
@@ -91,7 +101,7 @@ class FitStep:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Train on one batch: a graph replay where one is held for its shape, else eager."""
-        if not self.graph or _REPLAY_CHECKED.get(str(self.device)) is False:
+        if not self.graph or _REPLAY_CHECKED.get(self._device_key) is False:
             self._eager(x, y)
             return
         key = (tuple(x.shape), x.dtype, tuple(y.shape))
@@ -102,7 +112,7 @@ class FitStep:
                 self._eager(x, y)
                 return
             self._graphs[key] = captured
-            if not _REPLAY_CHECKED.get(str(self.device)):
+            if not _REPLAY_CHECKED.get(self._device_key):
                 self._check_replay(captured, x, y)  # takes this batch's step
                 return
         graph, static_x, static_y = self._graphs[key]
@@ -176,11 +186,11 @@ class FitStep:
                      for g, e in zip(self._snapshot(), eager, strict=True)
                      if g.is_floating_point() and g.numel()), default=0.0)
         if worst <= 1e-3:
-            _REPLAY_CHECKED[str(self.device)] = True
+            _REPLAY_CHECKED[self._device_key] = True
             return
         log.warning("a CUDA-graph replay of the training step differs from the eager step "
                     "(relative %.2g); training runs eagerly in this process", worst)
-        _REPLAY_CHECKED[str(self.device)] = False
+        _REPLAY_CHECKED[self._device_key] = False
         self._restore(eager)
         self._graphs.clear()
         self.graph = False

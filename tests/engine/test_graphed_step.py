@@ -121,7 +121,7 @@ def test_a_replay_that_differs_from_the_eager_step_is_dropped(factor, stands, mo
         assert torch.allclose(a.float(), b.float(), atol=1e-6)  # either way: one right step
     assert checked.graph is stands
     assert bool(checked._graphs) is stands
-    assert graphed_step._REPLAY_CHECKED["cpu"] is stands  # a mismatch: eager from now on
+    assert graphed_step.replays_trusted(CPU) is stands  # a mismatch: eager from now on
     # a held graph is replayed only while the process trusts its replays
     later = FitStep(model, checked.opt, checked.loss, CPU, graph=True)
     later._graphs[(tuple(x.shape), x.dtype, tuple(y.shape))] = (

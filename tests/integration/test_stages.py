@@ -69,22 +69,24 @@ def _imagefolder_archive(path, refs: dict[str, str]):
     """The synthetic sets `refs` names (role -> ref), as one ImageFolder tar.gz of PNGs
     with one top folder per role."""
     import io
-    import tarfile
 
     from PIL import Image
 
     from ppr_engine import data
 
-    with tarfile.open(path, "w:gz") as tf:
-        for role, ref in refs.items():
-            ds = data.load(ref)
-            for i, (x, y) in enumerate(zip(ds.x, ds.y, strict=True)):
-                out = io.BytesIO()
-                Image.fromarray(x.permute(1, 2, 0).numpy()).save(out, format="PNG")
-                info = tarfile.TarInfo(f"{role}/{int(y)}/{i:04d}.png")
-                info.size = out.tell()
-                out.seek(0)
-                tf.addfile(info, out)
+    from ..service.test_api import _archive
+
+    def png(x) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(out, format="PNG")
+        return out.getvalue()
+
+    members = {}
+    for role, ref in refs.items():
+        ds = data.load(ref)
+        for i, (x, y) in enumerate(zip(ds.x, ds.y, strict=True)):
+            members[f"{role}/{int(y)}/{i:04d}.png"] = png(x)
+    path.write_bytes(_archive(members))
     return path
 
 
