@@ -198,6 +198,11 @@ class RetuneSpec(_Strict):
             "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 200_000},
             "minItems": 2, "maxItems": 2, "description": "[poison_num, epochs]"}]}))
     baseline: bool = Field(True, description="run the same budget on the baseline model")
+    batched: Literal["auto", "on", "off"] = Field(
+        "auto", description="retune every model of a budget (each method's and the "
+        "baseline) as one vmapped training, one `retune-batch` stage per trigger and budget: "
+        "the same numbers, faster on a GPU, slower on a CPU. auto: on when `device` names "
+        "CUDA")
     removed_asr: float = Field(0.2, ge=0, le=1, description="O-ASR at or below this counts "
                                "as removed")
     superficial_gap: float = Field(0.2, ge=0, le=1, description="P-ASR this far above the "
@@ -217,6 +222,16 @@ class RetuneSpec(_Strict):
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return 3 if device.startswith("cuda") else 1
+
+    def batched_on(self, device: str | None) -> bool:
+        """Whether RA retunes a budget's models together on the spec's `device` (`batched`;
+        auto: when it names CUDA, where N small trainings leave the GPU idle; not on the
+        CPU, where a vmapped convolution is a grouped one and slower). A spec without a
+        device is not batched by `auto`: its plan must be the same in the gateway that
+        stores it and on the GPU worker that runs it."""
+        if self.batched != "auto":
+            return self.batched == "on"
+        return device is not None and device.startswith("cuda")
     max_acc_drop: float = Field(0.05, ge=0, le=1, description="a method whose O-C-Acc falls "
                                 "more than this below the submitted model's C-Acc is "
                                 "`degraded`, whatever its ASR: it removed the backdoor by "

@@ -20,8 +20,8 @@ def test_the_gpu_suite_runs_every_step_at_cpu_smoke_size(tmp_path):
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     timeline = (out / "timeline.txt").read_text()
-    for step in ("throughput-64", "throughput-128", "train-badnets", "train-blended", "audit",
-                 "pam-rows"):
+    for step in ("throughput-64", "throughput-128", "batched-ra", "train-badnets",
+                 "train-blended", "audit", "pam-rows"):
         assert f"end {step}: exit 0" in timeline, timeline
     summary = json.loads((out / "gpu_suite.json").read_text())
     assert summary["environment"]["device"] == "cpu"
@@ -32,5 +32,7 @@ def test_the_gpu_suite_runs_every_step_at_cpu_smoke_size(tmp_path):
     assert all(v > 0 for v in summary["engine_eager_images_per_second"].values())
     assert not any(summary["engine_graphed"].values())
     assert summary["audit_seconds"] > 0
+    (ra,) = summary["batched_ra"].values()
+    assert ra["models"] == 2 and ra["sequential_seconds"] > 0 and ra["batched_seconds"] > 0
     assert any(name.startswith("badnets-0-fp16.safetensors.part") for name in summary["files"])
     assert (out / "cifar10_fidelity-badnets-0-pam_smoke.md").exists()

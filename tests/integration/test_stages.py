@@ -93,9 +93,13 @@ def _imagefolder_archive(path, refs: dict[str, str]):
 def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3, tmp_path):
     """The data come as an uploaded archive, as users' do: each reference is decoded by
     the first stage that needs it and read back by every other stage, on either worker
-    (worker.decoded), and the report is the in-process one."""
-    archive = _imagefolder_archive(tmp_path / "data.tar.gz", SPEC["data"])
-    local_spec = {**SPEC, "data": {r: f"imagefolder:{archive}?split={r}" for r in SPEC["data"]}}
+    (worker.decoded), and the report is the in-process one. RA is batched (a
+    `retune-batch` stage per budget, which waits for every purification and feeds every
+    subject's `retune` stage), as `auto` plans it on a GPU."""
+    spec = json.loads(json.dumps(SPEC))
+    spec["plan"]["retune"]["batched"] = "on"
+    archive = _imagefolder_archive(tmp_path / "data.tar.gz", spec["data"])
+    local_spec = {**spec, "data": {r: f"imagefolder:{archive}?split={r}" for r in spec["data"]}}
     local = audit.run(validate_spec(local_spec), bd3)
     with TestClient(create_app(dist_settings)) as client:
         workers.start("w1", HALF_THE_CORES), workers.start("w2", HALF_THE_CORES)
@@ -103,8 +107,8 @@ def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3, tmp
         up = client.post("/v1/datasets", files={"archive": ("data.tar.gz",
                                                             archive.read_bytes())})
         assert up.status_code == 201, up.text
-        refs = {r: f"{up.json()['ref']}?split={r}" for r in SPEC["data"]}
-        job_id = _submit(client, bd3, {**SPEC, "data": refs})
+        refs = {r: f"{up.json()['ref']}?split={r}" for r in spec["data"]}
+        job_id = _submit(client, bd3, {**spec, "data": refs})
         before = _stages(client, job_id)
         assert [s["id"] for s in before] == local.plan.ids  # listed before anything ran
         seen_running = set()
@@ -122,6 +126,7 @@ def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3, tmp
         rows = client.app.state.store.stages.of_job(job_id)
     assert seen_running  # stages were seen running during the run
     assert [s["id"] for s in after] == local.plan.ids
+    assert sum(s["kind"] == "retune-batch" for s in after) == 2
     assert all(s["state"] == "ok" and s["attempts"] == 1 for s in after), [
         (s["id"], s["state"], s["attempts"], s["error"]) for s in after]
     assert len({r.worker for r in rows if r.worker}) == 2  # one audit, two workers

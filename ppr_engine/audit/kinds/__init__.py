@@ -1,10 +1,11 @@
 """The registry of stage kinds, in plan order (see `base` for what a kind declares).
 
-The audit-wide kinds plan first (`invert`, `evaluate`, `purify`, `baseline`), then the
-per-subject chains (for each purified model, or the submitted model without methods, then
-the baseline: for each trigger, its `retune` budgets, `qra` and `lmc`), then `qra-transfer`
-and `report`. The chains depend on each other only through `qra-transfer` and `report`, so
-executors may run them side by side.
+The audit-wide kinds plan first (`invert`, `evaluate`, `purify`, `baseline`, and where RA is
+batched `retune-batch`), then the per-subject chains (for each purified model, or the
+submitted model without methods, then the baseline: for each trigger, its `retune` budgets,
+`qra` and `lmc`), then `qra-transfer` and `report`. The chains depend on each other only
+through `retune-batch` (which waits for every model it retunes), `qra-transfer` and
+`report`, so executors may run them side by side.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from .qra import QRA
 from .qra_transfer import QRATransfer
 from .report import Report
 from .retune import Retune
+from .retune_batch import RetuneBatch
 
 # audit-wide kinds before the chains, the chain kinds in a chain's order, then the closing
-BEFORE_CHAINS: tuple[StageKind, ...] = (Invert(), Evaluate(), Purify(), Baseline())
+BEFORE_CHAINS: tuple[StageKind, ...] = (Invert(), Evaluate(), Purify(), Baseline(),
+                                        RetuneBatch())
 CHAIN: tuple[StageKind, ...] = (Retune(), QRA(), LMC())
 AFTER_CHAINS: tuple[StageKind, ...] = (QRATransfer(), Report())
 KINDS: dict[str, StageKind] = {k.name: k for k in BEFORE_CHAINS + CHAIN + AFTER_CHAINS}

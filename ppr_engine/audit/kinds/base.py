@@ -122,11 +122,17 @@ def baseline_model(results: Results) -> nn.Module:
 
 
 def subject_model(stage: Stage, inputs: AuditInputs, results: Results) -> nn.Module:
-    """The model a retune/QRA/LMC stage attacks: a method's purified model, the baseline,
-    or (an audit without methods) the submitted model."""
-    if stage.method == "model":
+    """The model a retune/QRA/LMC stage attacks (see `subject_model_of`)."""
+    assert stage.method is not None
+    return subject_model_of(stage.method, inputs, results)
+
+
+def subject_model_of(subject: str, inputs: AuditInputs, results: Results) -> nn.Module:
+    """A method's purified model, the baseline, or (`model`, an audit without methods) the
+    submitted model."""
+    if subject == "model":
         return inputs.model
-    if stage.method == "baseline":
+    if subject == "baseline":
         return baseline_model(results)
-    return results.model(StageId("purify", stage.method))
+    return results.model(StageId("purify", subject))
 

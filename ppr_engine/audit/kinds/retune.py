@@ -13,6 +13,7 @@ from ...ppr.retune import retune
 from ...report import SweepPoint
 from ..stage import Stage, StageId, StageResult
 from .base import Filling, Planner, StageKind, require_backdoor, subject_model
+from .retune_batch import batch_id, batched
 
 
 def sweep_point(stage: Stage, values: dict[str, Any], base: dict[str, Any] | None = None
@@ -47,8 +48,14 @@ class Retune(StageKind):
             base = (StageId("baseline"),)
         else:
             base = (StageId("evaluate"),) if subject == "model" else (StageId("purify", subject),)
+        label = p.labels[trigger]
+        if batched(p.spec):  # the numbers come from the budget's `retune-batch` stage
+            return [Stage(StageId("retune", subject, label, b.key),
+                          needs=base + (batch_id(p.spec, label, b.key),), trigger=trigger, budget=b,
+                          cost=evaluation_work(p.sizes, 1) if b.reference else 0.0)
+                    for b in p.budgets]
         seeds = p.spec.plan.retune.seeds_on(p.spec.device)
-        return [Stage(StageId("retune", subject, p.labels[trigger], b.key), needs=base,
+        return [Stage(StageId("retune", subject, label, b.key), needs=base,
                       trigger=trigger, budget=b,
                       cost=seeds * (b.epochs * (b.poison + b.clean) + evaluation_work(p.sizes, 1)))
                 for b in p.budgets]
@@ -60,6 +67,9 @@ class Retune(StageKind):
         require_backdoor(inputs, results, stage)
         i, b, rs = stage.trigger, stage.budget, inputs.spec.plan.retune
         assert i is not None and b is not None
+        batch = next((n for n in stage.needs if n.kind == "retune-batch"), None)
+        if batch is not None:
+            return self._from_batch(stage, inputs, results, batch)
         runs, first = [], None
         seeds = rs.seeds_on(inputs.device.type)
         for run in range(seeds):
@@ -76,6 +86,17 @@ class Retune(StageKind):
             values["p_cacc"] = clean_accuracy(first, inputs.test)
             return StageResult(values, {"retuned": first})
         return StageResult(values)
+
+    def _from_batch(self, stage, inputs, results, batch: StageId) -> StageResult:
+        """This subject's numbers from its budget's `retune-batch` stage (and, at the
+        reference budget, P-C-Acc of its first retuned model, which QRA follows)."""
+        values = dict(results.values(batch)["subjects"][stage.method])
+        name = values.pop("model", None)
+        if name is None:
+            return StageResult(values)
+        first = results.model(batch, name)
+        values["p_cacc"] = clean_accuracy(first, inputs.test)
+        return StageResult(values, {"retuned": first})
 
     def fill(self, f: Filling, stage, values) -> None:
         label = f.labels[stage.trigger]
