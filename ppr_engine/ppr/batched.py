@@ -33,11 +33,12 @@ from .retune import RetuneSet, retune
 
 
 def structure(model: nn.Module) -> tuple:
-    """What must agree for models to train as one vmapped batch: module types, parameter
-    and buffer names, shapes, dtypes and trainability, and the hooks each module carries
-    (the batch runs the first model's modules with every member's weights)."""
-    modules = tuple((name, type(m).__name__, len(m._forward_hooks), len(m._forward_pre_hooks))
-                    for name, m in model.named_modules())
+    """What must agree for models to train as one vmapped batch: module types and settings
+    (a BatchNorm's momentum, a convolution's stride), parameter and buffer names, shapes,
+    dtypes and trainability, and the hooks each module carries (the batch runs the first
+    model's modules with every member's weights)."""
+    modules = tuple((name, type(m).__name__, m.extra_repr(), len(m._forward_hooks),
+                     len(m._forward_pre_hooks)) for name, m in model.named_modules())
     params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad)
                    for n, p in model.named_parameters())
     buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in model.named_buffers())

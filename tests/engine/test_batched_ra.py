@@ -60,16 +60,19 @@ def test_batched_retuning_is_each_models_own_retuning_in_float64(arch, width):
 
 
 def test_models_of_another_structure_are_retuned_alone():
-    """A model with a forward hook, or with dropout (whose draws a batch cannot share with
-    a run alone), trains by itself, and exactly as `retune` trains it."""
+    """A model with a forward hook, with dropout (whose draws a batch cannot share with a
+    run alone) or with another BatchNorm momentum trains by itself, and exactly as `retune`
+    trains it."""
     torch.manual_seed(0)
     plain = [models.create("small_cnn", 10) for _ in range(2)]
     hooked = models.create("small_cnn", 10)
     hooked.layer4.register_forward_hook(lambda m, i, o: o * 0.5)
     dropped = models.create("small_cnn", 10)
     dropped.pool = nn.Sequential(dropped.pool, nn.Dropout(0.1))
-    nets = [plain[0], hooked, plain[1], dropped]
-    assert groups(nets) == [[0, 2], [1], [3]]
+    slower = models.create("small_cnn", 10)
+    slower.layer1[0][1].momentum = 0.01  # a BatchNorm setting the batch would not honour
+    nets = [plain[0], hooked, plain[1], dropped, slower]
+    assert groups(nets) == [[0, 2], [1], [3], [4]]
     spec = RetuneSpec(poison_num=20, clean_num=180, epochs=1, batch_size=64)
     together = retune_together(nets, _rset(), spec, device=CPU)
     torch.manual_seed(0)  # dropout draws from the global stream, as the batch's run did
