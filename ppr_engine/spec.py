@@ -172,6 +172,17 @@ class SweepBudget(_Strict):
         return data
 
 
+def batches_on(setting: str, device: str | None) -> bool:
+    """Whether work over many models (RA's retuning, LMC's points) runs as one vmapped
+    batch: `on`, `off`, or `auto`, on when the spec's `device` names CUDA, where many small
+    trainings or evaluations leave the GPU idle (on the CPU a vmapped convolution is a
+    grouped one and slower). A spec without a device is not batched by `auto`: its plan
+    must be the same in the gateway that stores it and on the GPU worker that runs it."""
+    if setting != "auto":
+        return setting == "on"
+    return device is not None and device.startswith("cuda")
+
+
 class RetuneSpec(_Strict):
     """Retuning Attack budget (METHODS.md §4 reference: 5 poisoned + 995 clean, 5 epochs)."""
 
@@ -224,14 +235,8 @@ class RetuneSpec(_Strict):
         return 3 if device.startswith("cuda") else 1
 
     def batched_on(self, device: str | None) -> bool:
-        """Whether RA retunes a budget's models together on the spec's `device` (`batched`;
-        auto: when it names CUDA, where N small trainings leave the GPU idle; not on the
-        CPU, where a vmapped convolution is a grouped one and slower). A spec without a
-        device is not batched by `auto`: its plan must be the same in the gateway that
-        stores it and on the GPU worker that runs it."""
-        if self.batched != "auto":
-            return self.batched == "on"
-        return device is not None and device.startswith("cuda")
+        """Whether RA retunes a budget's models together (`batches_on`)."""
+        return batches_on(self.batched, device)
     max_acc_drop: float = Field(0.05, ge=0, le=1, description="a method whose O-C-Acc falls "
                                 "more than this below the submitted model's C-Acc is "
                                 "`degraded`, whatever its ASR: it removed the backdoor by "
@@ -260,6 +265,13 @@ class LMCSpec(_Strict):
     enabled: bool = True
     points: int = budget("iterations", 11, ge=2, le=101, description="points on the path")
     bn: Literal["recompute", "interpolate"] = "recompute"
+    batched: Literal["auto", "on", "off"] = Field(
+        "auto", description="evaluate every point of a path as one vmapped model: the same "
+        "numbers, faster on a GPU, slower on a CPU. auto: on when `device` names CUDA")
+
+    def batched_on(self, device: str | None) -> bool:
+        """Whether a path's points are evaluated together (`batches_on`)."""
+        return batches_on(self.batched, device)
 
 
 class Plan(_Strict):

@@ -4,6 +4,12 @@ At each point BN statistics are recomputed on the clean set (`bn="recompute"`, t
 or interpolated with the weights (`bn="interpolate"`); backdoor error (1 - ASR) and C-Acc
 are measured. A robust purification keeps a high backdoor error far along the path; the
 scalar is the smallest lambda at which ASR exceeds 50% (None: never on the path).
+
+`batched` evaluates every point of a path as one `torch.func` vmap over the points' stacked
+weights (`LMCSpec.batched_on`: on CUDA, where eleven evaluations of a small model leave the
+GPU idle). The recomputed BatchNorm statistics are the same cumulative average: BatchNorm's
+own (momentum None) reads its batch count on the host, which vmap cannot, so the batch sets
+momentum 1/k before the k-th batch, the same update.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
 from ..data import DeviceLoader, ImageSet
 from ..metrics import attack_success_rate, clean_accuracy
-from ..train import Progress, no_progress
+from ..train import Progress, autocast, eval_batches, no_progress
 
 
 @dataclass
@@ -94,19 +101,88 @@ def backdoored_end(bd: nn.Module, clean: ImageSet, test: ImageSet, triggered: Im
 def trace_path(pur: nn.Module, bd: nn.Module, clean: ImageSet, test: ImageSet,
                triggered: ImageSet, target: int | torch.Tensor, *, points: int = 11,
                bn: str = "recompute", device: torch.device,
-               progress: Progress = no_progress, end: PathPoint | None = None
-               ) -> list[PathPoint]:
+               progress: Progress = no_progress, end: PathPoint | None = None,
+               batched: bool = False) -> list[PathPoint]:
     """Metrics at `points` evenly spaced lambdas from the purified (0) to the backdoored (1)
     (`target`: the backdoor label, one class or one per triggered image); `end`, the
-    lambda = 1 point from `backdoored_end` for the same data and `bn`, is used as it is."""
+    lambda = 1 point from `backdoored_end` for the same data and `bn`, is used as it is;
+    `batched`: every other point in one vmapped evaluation."""
+    lams = [i / (points - 1) for i in range(points)]
+    if batched:
+        todo = [lam for lam in lams if not (lam == 1.0 and end is not None)]
+        found = dict(zip(todo, points_together(pur, bd, todo, clean, test, triggered, target,
+                                               bn=bn, device=device), strict=True))
+        progress("lmc: every lambda at once", 1.0)
+        return [found.get(lam, end) for lam in lams]  # type: ignore[misc]
     out = []
-    for i in range(points):
-        lam = i / (points - 1)
+    for lam in lams:
         out.append(end if lam == 1.0 and end is not None else
                    path_point(pur, bd, lam, clean, test, triggered, target, bn=bn,
                               device=device))
-        progress(f"lmc: lambda {lam:.2f}", (i + 1) / points)
+        progress(f"lmc: lambda {lam:.2f}", len(out) / points)
     return out
+
+
+@torch.no_grad()
+def points_together(pur: nn.Module, bd: nn.Module, lams: list[float], clean: ImageSet,
+                    test: ImageSet, triggered: ImageSet, target: int | torch.Tensor, *,
+                    bn: str, device: torch.device) -> list[PathPoint]:
+    """`path_point` at every lambda of `lams`, as one vmapped model: the weights of each
+    point interpolated as `interpolate` does, BatchNorm statistics recomputed (or
+    interpolated) per point, C-Acc and ASR from one pass over each evaluation set."""
+    base = copy.deepcopy(pur).to(device)
+    sp, sb = pur.state_dict(), bd.state_dict()
+    param_names = {n for n, _ in pur.named_parameters()}
+    params, buffers = {}, {}
+    for k, v in sp.items():
+        v = v.to(device)
+        if v.is_floating_point() and (k in param_names or bn == "interpolate"):
+            w = sb[k].to(device)
+            stacked = torch.stack([(1 - lam) * v + lam * w for lam in lams])
+        else:
+            stacked = torch.stack([v] * len(lams))
+        (params if k in param_names else buffers)[k] = stacked.contiguous()
+    run = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
+    bns = [m for m in base.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if bn == "recompute" and bns:
+        _recompute_stacked_bn(base, bns, params, buffers, run, clean, device)
+    base.eval()
+
+    def predictions(ds: ImageSet) -> torch.Tensor:  # (points, images), on the CPU
+        out = []
+        for x in eval_batches(ds, device):
+            with autocast(device):
+                out.append(run(params, buffers, x).argmax(-1))
+        return torch.cat(out, 1).cpu() if out else torch.empty(len(lams), 0, dtype=torch.long)
+
+    test_hits = (predictions(test) == test.y.cpu()).float().mean(1)
+    sent = (predictions(triggered) == torch.as_tensor(target).cpu()).float()
+    asr = sent.mean(1) if sent.shape[1] else torch.full((len(lams),), float("nan"))
+    return [PathPoint(lam, float(c), float(a)) for lam, c, a in
+            zip(lams, test_hits, asr, strict=True)]
+
+
+def _recompute_stacked_bn(base: nn.Module, bns: list[nn.Module], params: dict,
+                          buffers: dict, run, clean: ImageSet, device: torch.device) -> None:
+    """`recompute_bn` for every point at once: statistics reset, then the cumulative average
+    over `clean`'s batches (momentum 1/k at the k-th batch, BatchNorm's own update)."""
+    names = {id(m): n for n, m in base.named_modules()}
+    for m in bns:
+        prefix = names[id(m)] + "."
+        buffers[prefix + "running_mean"].zero_()
+        buffers[prefix + "running_var"].fill_(1)
+        if prefix + "num_batches_tracked" in buffers:
+            buffers[prefix + "num_batches_tracked"].zero_()
+    saved = [m.momentum for m in bns]
+    base.train()
+    try:
+        for k, (x, _) in enumerate(DeviceLoader(clean, 256, shuffle=False, device=device)):
+            for m in bns:
+                m.momentum = 1.0 / (k + 1)
+            run(params, buffers, x)
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
 
 
 def lambda50(path: list[PathPoint]) -> float | None:

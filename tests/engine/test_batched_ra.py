@@ -139,3 +139,28 @@ def test_the_plan_batches_ra_where_the_spec_says():
     assert set(batch.after) == {"purify:ft", "purify:fst", "purify:ep", "baseline"}
     assert "retune-batch:ft+fst+ep+baseline:badnets->0:10x2" in plan.get(
         "retune:fst:badnets->0:10x2").needs
+
+
+@pytest.mark.parametrize("bn", ["recompute", "interpolate"])
+def test_a_paths_points_evaluated_together_are_the_points_one_by_one(backdoored, bn):
+    """LMC's points as one vmapped model (`points_together`, `plan.lmc.batched`) against
+    `path_point` at each lambda: in float64 the same C-Acc and ASR at every point (the
+    BatchNorm statistics recomputed per point with momentum 1/k are BatchNorm's own
+    cumulative average)."""
+    from ppr_engine.ppr.lmc import path_point, points_together, trace_path
+
+    bd = copy.deepcopy(backdoored).double()
+    torch.manual_seed(4)
+    pur = models.create("small_cnn", 10).double()  # an untrained end: the path moves
+    clean, test = data.make_synthetic(300, seed=2), data.make_synthetic(200, seed=1)
+    trig = attacks.build_trigger("badnets", {"target": 0})
+    triggered = attacks.triggered_test(test, trig)
+    lams = [0.0, 0.3, 0.6, 1.0]
+    together = points_together(pur, bd, lams, clean, test, triggered, 0, bn=bn, device=CPU)
+    alone = [path_point(pur, bd, lam, clean, test, triggered, 0, bn=bn, device=CPU)
+             for lam in lams]
+    assert together == alone
+    assert len({p.asr for p in alone}) > 1  # the path moves: the points are not one model
+    traced = trace_path(pur, bd, clean, test, triggered, 0, points=4, bn=bn, device=CPU,
+                        batched=True)
+    assert [p.lam for p in traced] == [0.0, 1 / 3, 2 / 3, 1.0]

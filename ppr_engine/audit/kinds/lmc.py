@@ -30,7 +30,8 @@ class LMC(StageKind):
         path = trace_path(subject_model(stage, inputs, results), inputs.model,
                           inputs.clean_train, inputs.test, inputs.triggered(i),
                           inputs.backdoor_labels(i), points=lm.points, bn=lm.bn,
-                          device=inputs.device, progress=progress, end=inputs.lmc_end(i))
+                          device=inputs.device, progress=progress, end=inputs.lmc_end(i),
+                          batched=lm.batched_on(inputs.spec.device))
         return StageResult({"lambdas": [p.lam for p in path], "c_acc": [p.c_acc for p in path],
                             "asr": [p.asr for p in path],
                             "backdoor_error": [p.backdoor_error for p in path],
