@@ -130,7 +130,8 @@ summary = {"environment": env, "seconds": seconds,
                                               for k, v in through.items()},
            "audit_seconds": audit.get("audit_seconds") if audit else None,
            "batched_ra": {k: {f: v.get(f) for f in ("models", "sequential_seconds",
-                                                    "batched_seconds", "speedup")}
+                                                    "batched_seconds", "speedup",
+                                                    "lmc_speedup")}
                           for k, v in found.items() if k.startswith("batched_ra")},
            "files": sorted(p.name for p in out.iterdir())}
 (out / "gpu_suite.json").write_text(json.dumps(summary, indent=2) + "\n")
