@@ -81,27 +81,33 @@ def retune_together(models: Sequence[nn.Module], rset: RetuneSet, spec: RetuneSp
     return out  # type: ignore[return-value]
 
 
+def stacked_state(models: Sequence[nn.Module]) -> tuple[dict, dict]:
+    """The models' parameters and buffers, each stacked along a new first dimension (for
+    `functional_call` under vmap). Contiguous: a stack of channels_last weights keeps their
+    strides, and vmap has no batching rule for the in-place restride a channels_last pooling
+    output then takes."""
+    first = models[0]
+    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
+              .contiguous().requires_grad_(p.requires_grad) for n, p in first.named_parameters()}
+    buffers = {n: torch.stack([dict(m.named_buffers())[n] for m in models]).contiguous()
+               for n, _ in first.named_buffers()}
+    return params, buffers
+
+
 def _fit_stacked(models: Sequence[nn.Module], rset: RetuneSet, spec: RetuneSpec, *,
                  epochs: int | None, device: torch.device, seed: int | None,
                  progress: Progress) -> list[nn.Module]:
     """`retune`'s training, for models of one structure, as one vmapped step per batch."""
     copies = [prepare(copy.deepcopy(m), device).train() for m in models]
     base = copies[0]
-    param_names = [n for n, p in base.named_parameters()]
-    trains = [p.requires_grad for p in base.parameters()]
-    # stacked contiguous: stacks of channels_last weights keep their strides, and vmap has
-    # no batching rule for the in-place restride a channels_last pooling output then takes
-    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in copies])
-              .contiguous().requires_grad_(t) for n, t in zip(param_names, trains, strict=True)}
-    buffers = {n: torch.stack([dict(m.named_buffers())[n] for m in copies]).contiguous()
-               for n, _ in base.named_buffers()}
+    params, buffers = stacked_state(copies)
 
     def member_loss(p, b, x, y):
         return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
 
     # x and y are the same batch for every member; the buffers are updated in place
     batched_loss = vmap(member_loss, in_dims=(0, 0, None, None))
-    trained = [params[n] for n, t in zip(param_names, trains, strict=True) if t]
+    trained = [w for w in params.values() if w.requires_grad]
     momentum: list[torch.Tensor | None] = [None] * len(trained)
     lr, mu = spec.lr, spec.momentum
     n_epochs = epochs or spec.epochs

@@ -127,24 +127,24 @@ def trace_path(pur: nn.Module, bd: nn.Module, clean: ImageSet, test: ImageSet,
 def points_together(pur: nn.Module, bd: nn.Module, lams: list[float], clean: ImageSet,
                     test: ImageSet, triggered: ImageSet, target: int | torch.Tensor, *,
                     bn: str, device: torch.device) -> list[PathPoint]:
-    """`path_point` at every lambda of `lams`, as one vmapped model: the weights of each
-    point interpolated as `interpolate` does, BatchNorm statistics recomputed (or
-    interpolated) per point, C-Acc and ASR from one pass over each evaluation set."""
-    base = copy.deepcopy(pur).to(device)
-    sp, sb = pur.state_dict(), bd.state_dict()
-    param_names = {n for n, _ in pur.named_parameters()}
-    params, buffers = {}, {}
-    for k, v in sp.items():
-        v = v.to(device)
-        if v.is_floating_point() and (k in param_names or bn == "interpolate"):
-            w = sb[k].to(device)
-            stacked = torch.stack([(1 - lam) * v + lam * w for lam in lams])
-        else:
-            stacked = torch.stack([v] * len(lams))
-        (params if k in param_names else buffers)[k] = stacked.contiguous()
-    run = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
+    """`path_point` at every lambda of `lams`, as one vmapped model: each point's model
+    from `interpolate`, its BatchNorm statistics recomputed (or interpolated), C-Acc and ASR
+    from one pass over each evaluation set."""
+    from .batched import stacked_state
+
+    points = [interpolate(pur, bd, lam, buffers=(bn == "interpolate")).to(device)
+              for lam in lams]
+    base = points[0]
     bns = [m for m in base.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if bn == "recompute" and bns:
+    recompute = bn == "recompute" and bool(bns)
+    if recompute:
+        for model in points:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.reset_running_stats()
+    params, buffers = stacked_state(points)
+    run = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
+    if recompute:
         _recompute_stacked_bn(base, bns, params, buffers, run, clean, device)
     base.eval()
 
@@ -164,15 +164,8 @@ def points_together(pur: nn.Module, bd: nn.Module, lams: list[float], clean: Ima
 
 def _recompute_stacked_bn(base: nn.Module, bns: list[nn.Module], params: dict,
                           buffers: dict, run, clean: ImageSet, device: torch.device) -> None:
-    """`recompute_bn` for every point at once: statistics reset, then the cumulative average
+    """`recompute_bn` for every point at once, from reset statistics: the cumulative average
     over `clean`'s batches (momentum 1/k at the k-th batch, BatchNorm's own update)."""
-    names = {id(m): n for n, m in base.named_modules()}
-    for m in bns:
-        prefix = names[id(m)] + "."
-        buffers[prefix + "running_mean"].zero_()
-        buffers[prefix + "running_var"].fill_(1)
-        if prefix + "num_batches_tracked" in buffers:
-            buffers[prefix + "num_batches_tracked"].zero_()
     saved = [m.momentum for m in bns]
     base.train()
     try:

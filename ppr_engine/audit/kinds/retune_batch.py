@@ -30,6 +30,13 @@ def subjects(spec) -> list[str]:
     return out + (["baseline"] if spec.plan.retune.baseline else [])
 
 
+def source(subject: str) -> StageId | None:
+    """The stage a subject's model comes from (None: the submitted model)."""
+    if subject == "model":
+        return None
+    return StageId("baseline") if subject == "baseline" else StageId("purify", subject)
+
+
 def batch_id(spec, label: str, budget_key: str) -> StageId:
     """`retune-batch:<subjects joined by +>:<trigger>:<budget>`: the subjects are part of
     the id, so the attempts of a purification until robust (`pam`, then `pam#2`) each get
@@ -47,8 +54,7 @@ class RetuneBatch(StageKind):
         if not self.enabled(p.spec) or not p.budgets:
             return []
         who = subjects(p.spec)
-        waits = tuple(StageId("purify", s) for s in who if s not in ("model", "baseline"))
-        waits += (StageId("baseline"),) if "baseline" in who else ()
+        waits = tuple(sid for s in who if (sid := source(s)) is not None)
         seeds = p.spec.plan.retune.seeds_on(p.spec.device)
         return [Stage(batch_id(p.spec, label, b.key), needs=(StageId("evaluate"),), after=waits,
                       trigger=i, budget=b,
@@ -63,7 +69,8 @@ class RetuneBatch(StageKind):
         require_backdoor(inputs, results, stage)
         i, b, rs = stage.trigger, stage.budget, inputs.spec.plan.retune
         assert i is not None and b is not None
-        present = [s for s in subjects(inputs.spec) if _has_model(s, results)]
+        present = [s for s in subjects(inputs.spec)
+                   if (sid := source(s)) is None or results.ok(sid)]
         models = [subject_model_of(s, inputs, results) for s in present]
         seeds = rs.seeds_on(inputs.device.type)
         runs: dict[str, list[float]] = {s: [] for s in present}
@@ -88,9 +95,3 @@ class RetuneBatch(StageKind):
                 kept[name] = firsts[j]
         return StageResult(values, kept)
 
-
-def _has_model(subject: str, results) -> bool:
-    if subject == "model":
-        return True
-    return results.ok(StageId("baseline") if subject == "baseline"
-                      else StageId("purify", subject))
