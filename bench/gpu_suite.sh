@@ -66,12 +66,12 @@ for split, n, seed in (("train", 600, 0), ("test", 200, 1)):
     np.savez(cache / f"{split}.npz", x=ds.x.permute(0, 2, 3, 1).numpy(), y=ds.y.numpy())
 PY
   arch=small_cnn epochs=1 batches="64 128" images=256 workers=0 audit_extra="--smoke"
-  ra_models=2 ra_epochs=1
+  ra_models=2 ra_epochs=1 qra_epochs=1
   methods=ft,ep pam_methods=pam,ep clean=(--clean "synthetic:?n=800&seed=5")
 else
   [ -n "$archive" ] || { echo "gpu_suite.sh: ARCHIVE (cifar10-jpeg.tar.gz) is needed" >&2; exit 2; }
   arch=resnet18_cifar epochs=${SUITE_EPOCHS:-60} batches="128 512" images="" workers=8
-  ra_models=15 ra_epochs=5
+  ra_models=15 ra_epochs=5 qra_epochs=2
   audit_extra=""
   methods=ft,lp,ft_init,fe_tuning,fst,fp,nad,anp,ibau,ft_sam,bti_dbf,tsbd,ep,pam
   pam_methods=pam,pam+data=trigger,bti_dbf,ep clean=()
@@ -85,9 +85,9 @@ for batch in $batches; do
     ${images:+--images $images}
 done
 
-# RA against every method's model and the baseline: one after another, then batched
-step batched-ra 60 "$py" bench/batched_ra.py --arch "$arch" --models "$ra_models" \
-  --epochs "$ra_epochs"
+# RA (and QRA) against every method's model and the baseline: one after another, then batched
+step batched-ra 75 "$py" bench/batched_ra.py --arch "$arch" --models "$ra_models" \
+  --epochs "$ra_epochs" --qra-epochs "$qra_epochs" $audit_extra
 
 for attack in badnets blended; do
   step "train-$attack" 330 "$py" bench/cifar10_fidelity.py train --data "$archive" \
@@ -131,7 +131,7 @@ summary = {"environment": env, "seconds": seconds,
            "audit_seconds": audit.get("audit_seconds") if audit else None,
            "batched_ra": {k: {f: v.get(f) for f in ("models", "sequential_seconds",
                                                     "batched_seconds", "speedup",
-                                                    "lmc_speedup")}
+                                                    "lmc_speedup", "qra_speedup")}
                           for k, v in found.items() if k.startswith("batched_ra")},
            "files": sorted(p.name for p in out.iterdir())}
 (out / "gpu_suite.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -36,12 +36,15 @@ def evaluation_work(sizes: Sizes, triggers: int) -> float:
     return (sizes.test * (1 + triggers)) / 3
 
 
-def qra_work(spec: AuditSpec, sizes: Sizes) -> float:
-    """QRA against one model and trigger: three models per step, then its four numbers."""
+def qra_work(spec: AuditSpec, sizes: Sizes, *, training: bool = True,
+             numbers: bool = True) -> float:
+    """QRA against one model and trigger: the generator's training (three models per
+    step), then its four numbers (a batched QRA prices the two in different stages)."""
     q = spec.plan.qra
     if not q.enabled:
         return 0.0
-    return float(q.epochs * (q.clean_num + q.poison_num) * 2 + 4 * sizes.test / 3)
+    return float(q.epochs * (q.clean_num + q.poison_num) * 2 * training
+                 + 4 * sizes.test / 3 * numbers)
 
 
 def lmc_work(spec: AuditSpec, sizes: Sizes, triggers: int) -> float:

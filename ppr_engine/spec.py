@@ -257,6 +257,15 @@ class QRASpec(_Strict):
     poison_num: int = budget("images", 500)
     hidden: int = budget("width", 1024, ge=8, description="generator MLP width")
     transfer: bool = Field(True, description="apply each method's delta to the others")
+    batched: Literal["auto", "on", "off"] = Field(
+        "auto", description="train every method's generator of a trigger as one vmapped "
+        "training (one `qra-batch` stage per trigger; the reference model shared), and "
+        "evaluate the transfer's models together: the same numbers, faster on a GPU, slower "
+        "on a CPU. auto: on when `device` names CUDA")
+
+    def batched_on(self, device: str | None) -> bool:
+        """Whether QRA trains a trigger's generators together (`batches_on`)."""
+        return batches_on(self.batched, device)
 
 
 class LMCSpec(_Strict):

@@ -34,6 +34,6 @@ def test_the_gpu_suite_runs_every_step_at_cpu_smoke_size(tmp_path):
     assert summary["audit_seconds"] > 0
     (ra,) = summary["batched_ra"].values()
     assert ra["models"] == 2 and ra["sequential_seconds"] > 0 and ra["batched_seconds"] > 0
-    assert ra["lmc_speedup"] > 0
+    assert ra["lmc_speedup"] > 0 and ra["qra_speedup"] > 0
     assert any(name.startswith("badnets-0-fp16.safetensors.part") for name in summary["files"])
     assert (out / "cifar10_fidelity-badnets-0-pam_smoke.md").exists()

@@ -94,6 +94,22 @@ def stacked_state(models: Sequence[nn.Module]) -> tuple[dict, dict]:
     return params, buffers
 
 
+@torch.no_grad()
+def sgd_update(weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+               momentum: list[torch.Tensor | None], lr: float, mu: float) -> None:
+    """`torch.optim.SGD`'s step (momentum `mu`, no dampening, no weight decay) over stacked
+    weights, in place; `momentum` holds the buffers, None before the first step, when
+    PyTorch's buffer is the gradient itself."""
+    for k, (w, g) in enumerate(zip(weights, grads, strict=True)):
+        if mu == 0:
+            update = g
+        elif momentum[k] is None:
+            momentum[k] = update = g.clone()
+        else:
+            update = momentum[k].mul_(mu).add_(g)
+        w.sub_(update, alpha=lr)
+
+
 def _fit_stacked(models: Sequence[nn.Module], rset: RetuneSet, spec: RetuneSpec, *,
                  epochs: int | None, device: torch.device, seed: int | None,
                  progress: Progress) -> list[nn.Module]:
@@ -119,16 +135,7 @@ def _fit_stacked(models: Sequence[nn.Module], rset: RetuneSet, spec: RetuneSpec,
             with autocast(device):
                 # the members' losses summed: each member's weights get its own gradient
                 loss = batched_loss(params, buffers, x, y).sum()
-            grads = torch.autograd.grad(loss, trained)
-            with torch.no_grad():
-                for k, (w, g) in enumerate(zip(trained, grads, strict=True)):
-                    if mu == 0:
-                        update = g
-                    elif momentum[k] is None:
-                        momentum[k] = update = g.clone()
-                    else:
-                        update = momentum[k].mul_(mu).add_(g)
-                    w.sub_(update, alpha=lr)
+            sgd_update(trained, torch.autograd.grad(loss, trained), momentum, lr, mu)
             step += 1
         progress(f"retune: epoch {epoch + 1}/{n_epochs}", step / max(1, total))
     with torch.no_grad():

@@ -38,7 +38,9 @@ class PerturbationGenerator(nn.Module):
                                  nn.Linear(hidden, d), nn.Tanh())
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The perturbation, within [-eps, eps]."""
+        """The perturbation, within [-eps, eps], in the generator's dtype (images come as
+        float32; a float64 generator, as the equivalence tests use, computes in float64)."""
+        x = x.to(self.net[1].weight.dtype)
         return (self.eps * self.net(x)).clamp(-self.eps, self.eps).view(-1, *self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +57,13 @@ class QRAOutcome:
     ref_asr: float
     ref_clean_to_target: float
     losses: list[float]
+
+
+def kl_batchmean(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) summed over classes, averaged over the batch (`F.kl_div(log_q, p,
+    reduction="batchmean")`, written out: vmap, which the batched QRA trains under, has no
+    batching rule for `kl_div`)."""
+    return (torch.xlogy(p, p) - p * log_q).sum() / log_q.shape[0]
 
 
 def qra_training_set(pool: ImageSet, trigger: Trigger, spec: QRASpec, seed: int) -> ImageSet:
@@ -93,8 +102,7 @@ def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, dat
             with autocast(device):
                 p_ra = answers[at]
                 xp = gen(x)
-                kl = F.kl_div(F.log_softmax(purified(xp).float(), 1), p_ra,
-                              reduction="batchmean")
+                kl = kl_batchmean(F.log_softmax(purified(xp).float(), 1), p_ra)
                 loss = spec.alpha * kl + F.cross_entropy(reference(xp).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,6 +144,13 @@ def run_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, pool:
     data = qra_training_set(pool, trigger, spec, seed)
     gen = train_qra(purified, retuned, reference, data, spec, device=device, seed=seed,
                     progress=progress)
+    return qra_outcome(gen, purified, reference, clean_test, triggered_test, trigger, device)
+
+
+def qra_outcome(gen: PerturbationGenerator, purified: nn.Module, reference: nn.Module,
+                clean_test: ImageSet, triggered_test: ImageSet, trigger: Trigger,
+                device: torch.device) -> QRAOutcome:
+    """A trained generator's four numbers, on the purified and on the reference model."""
     asr, c2t = evaluate_qra(gen, purified, clean_test, triggered_test, trigger, device)
     r_asr, r_c2t = evaluate_qra(gen, reference, clean_test, triggered_test, trigger, device)
     return QRAOutcome(gen, asr, c2t, r_asr, r_c2t, [])

@@ -79,7 +79,7 @@ def test_models_of_another_structure_are_retuned_alone():
     assert _largest_difference(alone, together[1]) == 0.0
 
 
-def _spec(batched: str, device: str | None = None) -> dict:
+def _spec(batched: str, device: str | None = None, qra_batched: str = "off") -> dict:
     spec = {
         "model": {"arch": "small_cnn"},
         "data": {"clean": "synthetic:?n=1000&seed=2", "test": "synthetic:?n=1000&seed=1",
@@ -90,36 +90,42 @@ def _spec(batched: str, device: str | None = None) -> dict:
                              {"name": "ep", "epochs": 2, "augment": False}],
                  "retune": {"poison_num": 10, "clean_num": 190, "epochs": 2,
                             "sweep": [[20, 2]], "batched": batched},
-                 "qra": {"epochs": 1, "hidden": 32, "clean_num": 100, "poison_num": 100},
+                 "qra": {"epochs": 1, "hidden": 32, "clean_num": 100, "poison_num": 100,
+                         "batched": qra_batched},
                  "lmc": {"enabled": False}}}
     return spec if device is None else {**spec, "device": device}
 
 
-def test_an_audit_retuned_in_batches_reports_what_one_retuned_alone_reports(backdoored,
-                                                                            tmp_path):
-    """The same audit with RA batched and not: the plan has one `retune-batch` stage per
-    budget, every subject keeps its own `retune` stages, and every P-ASR, P-C-Acc, QRA
-    figure and verdict agrees. P-ASR may move by float32 rounding of the retuned weights:
-    at most 0.005 here (measured on the demo's model: one image of 900)."""
+def test_an_audit_in_batches_reports_what_one_alone_reports(backdoored, tmp_path):
+    """The same audit with RA and QRA (and QRA's transfer) batched and not: the plan has one
+    `retune-batch` stage per budget and one `qra-batch` stage, every subject keeps its own
+    `retune` and `qra` stages, and every P-ASR, P-C-Acc, QRA figure and verdict agrees.
+    P-ASR may move by float32 rounding of the retuned weights: at most 0.005 here (measured
+    on the demo's model: one image of 900); QRA's figures, which follow both the retuned
+    guide and the generator, at most 0.01 (three triggered images of 300)."""
     from ppr_engine.checkpoint import save_model
 
     ckpt = tmp_path / "bd.safetensors"
     save_model(backdoored, ckpt)
     alone = audit.run(validate_spec(_spec("off")), ckpt).report
-    together = audit.run(validate_spec(_spec("on")), ckpt).report
+    together = audit.run(validate_spec(_spec("on", qra_batched="on")), ckpt).report
     names = [s.name for s in together.stages]
-    assert [n for n in names if n.startswith("retune-batch")] == [
+    assert [n for n in names if "-batch" in n] == [
         "retune-batch:ft+fst+ep+baseline:badnets->0:10x2",
-        "retune-batch:ft+fst+ep+baseline:badnets->0:20x2"]
+        "retune-batch:ft+fst+ep+baseline:badnets->0:20x2", "qra-batch:ft+fst+ep:badnets->0"]
     assert {s.status for s in together.stages} == {"ok"}
-    assert [n for n in names if not n.startswith("retune-batch")] == [
-        s.name for s in alone.stages]
+    assert sorted(n for n in names if "-batch" not in n) == sorted(s.name for s in alone.stages)
     for a, b in zip(alone.methods, together.methods, strict=True):
         ta, tb = a.per_trigger[0], b.per_trigger[0]
         assert abs(ta.p_asr - tb.p_asr) <= 0.005, (a.key, ta.p_asr, tb.p_asr)
         for x, y in zip(ta.sweep, tb.sweep, strict=True):
             assert abs(x.p_asr - y.p_asr) <= 0.005, (a.key, x.key, x.p_asr, y.p_asr)
         assert ta.p_cacc == pytest.approx(tb.p_cacc, abs=0.005)
+        for field in ("asr", "clean_to_target", "ref_asr", "ref_clean_to_target"):
+            assert getattr(ta.qra, field) == pytest.approx(getattr(tb.qra, field), abs=0.01)
+        assert ta.qra.transfer.keys() == tb.qra.transfer.keys() and len(ta.qra.transfer) == 2
+        for k in ta.qra.transfer:
+            assert ta.qra.transfer[k] == pytest.approx(tb.qra.transfer[k], abs=0.01), k
         assert a.verdict == b.verdict
     assert alone.baseline.p_asr == together.baseline.p_asr
 

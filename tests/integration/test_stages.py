@@ -93,11 +93,12 @@ def _imagefolder_archive(path, refs: dict[str, str]):
 def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3, tmp_path):
     """The data come as an uploaded archive, as users' do: each reference is decoded by
     the first stage that needs it and read back by every other stage, on either worker
-    (worker.decoded), and the report is the in-process one. RA is batched (a
+    (worker.decoded), and the report is the in-process one. RA and QRA are batched (a
     `retune-batch` stage per budget, which waits for every purification and feeds every
-    subject's `retune` stage), as `auto` plans it on a GPU."""
+    subject's `retune` stage; a `qra-batch` stage, which waits for every RA model and feeds
+    every `qra` stage), as `auto` plans them on a GPU."""
     spec = json.loads(json.dumps(SPEC))
-    spec["plan"]["retune"]["batched"] = "on"
+    spec["plan"]["retune"]["batched"] = spec["plan"]["qra"]["batched"] = "on"
     archive = _imagefolder_archive(tmp_path / "data.tar.gz", spec["data"])
     local_spec = {**spec, "data": {r: f"imagefolder:{archive}?split={r}" for r in spec["data"]}}
     local = audit.run(validate_spec(local_spec), bd3)
@@ -127,6 +128,7 @@ def test_two_workers_give_the_in_process_report(dist_settings, workers, bd3, tmp
     assert seen_running  # stages were seen running during the run
     assert [s["id"] for s in after] == local.plan.ids
     assert sum(s["kind"] == "retune-batch" for s in after) == 2
+    assert sum(s["kind"] == "qra-batch" for s in after) == 1
     assert all(s["state"] == "ok" and s["attempts"] == 1 for s in after), [
         (s["id"], s["state"], s["attempts"], s["error"]) for s in after]
     assert len({r.worker for r in rows if r.worker}) == 2  # one audit, two workers

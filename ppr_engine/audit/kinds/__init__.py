@@ -3,9 +3,10 @@
 The audit-wide kinds plan first (`invert`, `evaluate`, `purify`, `baseline`, and where RA is
 batched `retune-batch`), then the per-subject chains (for each purified model, or the
 submitted model without methods, then the baseline: for each trigger, its `retune` budgets,
-`qra` and `lmc`), then `qra-transfer` and `report`. The chains depend on each other only
-through `retune-batch` (which waits for every model it retunes), `qra-transfer` and
-`report`, so executors may run them side by side.
+`qra` and `lmc`), then, where QRA is batched, `qra-batch` with the `qra` stages that read
+it, then `qra-transfer` and `report`. The chains depend on each other only through
+`retune-batch` and `qra-batch` (each waits for every model it trains against),
+`qra-transfer` and `report`, so executors may run them side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .invert import Invert
 from .lmc import LMC
 from .purify import Purify
 from .qra import QRA
+from .qra_batch import QRABatch
 from .qra_transfer import QRATransfer
 from .report import Report
 from .retune import Retune
@@ -26,7 +28,7 @@ from .retune_batch import RetuneBatch
 BEFORE_CHAINS: tuple[StageKind, ...] = (Invert(), Evaluate(), Purify(), Baseline(),
                                         RetuneBatch())
 CHAIN: tuple[StageKind, ...] = (Retune(), QRA(), LMC())
-AFTER_CHAINS: tuple[StageKind, ...] = (QRATransfer(), Report())
+AFTER_CHAINS: tuple[StageKind, ...] = (QRABatch(), QRATransfer(), Report())
 KINDS: dict[str, StageKind] = {k.name: k for k in BEFORE_CHAINS + CHAIN + AFTER_CHAINS}
 
 
