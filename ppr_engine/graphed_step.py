@@ -10,6 +10,10 @@ that the step must be capture-safe, which is what this module's step is on every
 - autocast does not cache its weight casts (a cache would be captured stale);
 - nothing in the step reads a value back to the host.
 
+A caller's step body (`fit`'s `step_fn`) is taken through the same path when it declares
+itself capture-safe (`capture_safe = True`, as PAM's step does: its shift toward theta_bd,
+gradient and restore are device-side foreach ops); any other body runs eagerly.
+
 On CUDA each batch shape (the full batch and the epoch's tail) is captured once, after a
 few warm-up steps whose effects are undone. The first capture in a process is checked: one
 replay against one eager step from the same state on the same batch; if they differ, or a
@@ -30,6 +34,7 @@ from torch import nn
 log = logging.getLogger("ppr.engine")
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, LossFn], None]
 
 # Per device, how this process's first replay compared with an eager step: True (they
 # agreed: graphs from then on), False (they differed: every later fit stays eager).
@@ -41,6 +46,19 @@ def replays_trusted(device: torch.device | str) -> bool | None:
     True (graphs are in use), False (they differed: training is eager), None (no capture
     was checked yet, as on the CPU)."""
     return _REPLAY_CHECKED.get(str(torch.device(device)))
+
+
+def capture_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA without its weight-cast cache, which a graph would hold stale;
+    nothing on the CPU (`train.autocast`'s precision)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def capture_safe_body(step_fn: StepFn | None) -> bool:
+    """Whether `fit` may take a step body through `FitStep` (none: fit's own step)."""
+    return step_fn is None or bool(getattr(step_fn, "capture_safe", False))
 
 
 def cosine_schedule(lr: float, total_steps: int, device: torch.device) -> torch.Tensor:
@@ -76,24 +94,24 @@ def make_optimizer(params: Iterable[torch.Tensor], kind: str, lr: torch.Tensor,
 
 class FitStep:
     """One training step of `fit` (see module): `step(x, y)` trains `model` on the batch
-    with the learning rate currently in `lr`."""
+    with the learning rate currently in `lr`; `body`, a capture-safe step of the caller's
+    (`capture_safe_body`), replaces loss, backward and optimizer step."""
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, loss: LossFn,
-                 device: torch.device, *, graph: bool | None = None) -> None:
+                 device: torch.device, *, graph: bool | None = None,
+                 body: StepFn | None = None) -> None:
         self.model, self.opt, self.loss, self.device = model, opt, loss, device
+        self.body = body
         self._device_key = str(device)  # this process's replay verdict is kept per device
         self.graph = device.type == "cuda" if graph is None else graph
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        """`train.autocast` without its weight-cast cache, which a graph would hold stale
-        (`train` imports this module, so it cannot be called from here)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
-
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        with self._autocast():
+        """The step's work, as it runs eagerly and as it is captured."""
+        if self.body is not None:
+            self.body(self.model, x, y, self.opt, self.loss)
+            return
+        with capture_autocast(self.device):
             value = self.loss(self.model, x, y)
         self.opt.zero_grad(set_to_none=True)
         value.backward()
@@ -155,12 +173,9 @@ class FitStep:
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._restore(saved)
             graph = torch.cuda.CUDAGraph()
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)  # the graph's backward allocates them
             with torch.cuda.graph(graph):
-                with self._autocast():
-                    value = self.loss(self.model, static_x, static_y)
-                value.backward()
-                self.opt.step()
+                self._eager(static_x, static_y)
         except RuntimeError as exc:
             torch.cuda.synchronize(self.device)
             self._restore(saved)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .data import DeviceLoader, ImageSet, to_float
 from .errors import Cancelled
-from .graphed_step import FitStep, cosine_schedule, make_optimizer
+from .graphed_step import FitStep, StepFn, capture_safe_body, cosine_schedule, make_optimizer
 from .models import fast_layout
 
 # A progress callback gets (message, fraction in [0, 1]); it may raise Cancelled.
@@ -30,7 +30,6 @@ Progress = Callable[[str, float], None]
 # (images, labels); the index lets sample-specific triggers (SSBA) find their images.
 Batch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, LossFn], None]
 
 
 def progress_parts(progress: Progress, weights: list[float]) -> list[Progress]:
@@ -104,7 +103,8 @@ def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: f
     take gradients elsewhere), `after_step` runs after each step (FST's projection, FP's
     mask). `optimizer` is "sgd" (with momentum) or "adam" (BTI-DBF(U)'s unlearning).
     `capture_safe` (default: on CUDA) takes the steps through `graphed_step.FitStep`, where
-    with fit's own loss each step is one CUDA graph; a `step_fn` step is always eager.
+    with fit's own loss each step is one CUDA graph, and so is a `step_fn` that declares
+    itself capture-safe (PAM's); any other `step_fn` step is eager.
     """
     device = device or pick_device()
     prepare(model, device)
@@ -116,13 +116,13 @@ def fit(model: nn.Module, data: ImageSet, *, epochs: int, lr: float, momentum: f
     if capture_safe is None:
         capture_safe = device.type == "cuda"
     runner = lr_now = lr_at = sched = None
-    if capture_safe and step_fn is None:
+    if capture_safe and capture_safe_body(step_fn):
         lr_now = torch.tensor(float(lr), device=device)
         lr_at = cosine_schedule(lr, total, device) if schedule == "cosine" else None
         opt = make_optimizer(trainable, optimizer, lr_now, momentum, weight_decay)
         # a loss of the caller's may read tensors a graph would hold stale (BTI-DBF(U)'s
         # clean batch): only fit's own loss is captured
-        runner = FitStep(model, opt, loss, device,
+        runner = FitStep(model, opt, loss, device, body=step_fn,
                          graph=device.type == "cuda" and loss_fn is None)
     else:
         opt = (torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)

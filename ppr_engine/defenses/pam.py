@@ -32,8 +32,9 @@ from torch import nn
 
 from ..bounds import budget
 from ..errors import SpecError
+from ..graphed_step import capture_autocast
 from ..inversion import InversionParams, Inverter
-from ..train import autocast, fit, progress_parts
+from ..train import fit, progress_parts
 from .base import (
     DEFENSES,
     DefenseContext,
@@ -96,7 +97,11 @@ def path_shift(params: list[torch.Tensor], reference: list[torch.Tensor], rho: f
 
 
 class PAMStep:
-    """The PAM step: gradient at the shifted point, update at the restored point."""
+    """The PAM step: gradient at the shifted point, update at the restored point. Every op
+    stays on the device and no weight cast is cached, so `fit` may capture it as one CUDA
+    graph (`graphed_step`)."""
+
+    capture_safe = True
 
     def __init__(self, model: nn.Module, reference: nn.Module, rho: float,
                  device: torch.device) -> None:
@@ -112,7 +117,7 @@ class PAMStep:
         with torch.no_grad():
             torch._foreach_add_(self.params, shift)
         opt.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with capture_autocast(self.device):
             loss = loss_fn(model, x, y)
         loss.backward()
         with torch.no_grad():

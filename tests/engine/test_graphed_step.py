@@ -146,3 +146,61 @@ def test_predict_never_switches_the_models_mode():
     assert model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
     assert torch.equal(labels, train.predict(copy.deepcopy(model).eval(), ds, device=CPU))
+
+
+def test_pams_step_through_the_capture_safe_path_trains_as_its_eager_step(backdoored,
+                                                                         monkeypatch):
+    """PAM's step (gradient at the point shifted toward theta_bd, update at theta) declares
+    itself capture-safe, so `fit` takes it through `FitStep` with the fused optimizer and
+    the learning rate as a device tensor: the same weights as the eager loop with
+    `torch.optim.SGD`, to float32 rounding, over two epochs from the backdoored model (the
+    shift is not zero: the model moves away from its reference)."""
+    from ppr_engine.defenses.pam import PAMStep
+
+    ds = data.make_synthetic(120, seed=4)
+    reference = copy.deepcopy(backdoored).eval()
+    start = copy.deepcopy(backdoored)
+    with torch.no_grad():  # a start away from the reference, so the path has a direction
+        for q in start.parameters():
+            q.add_(0.01 * torch.randn_like(q))
+    bodies = []
+    through = FitStep.step
+    monkeypatch.setattr(FitStep, "step", lambda self, x, y: (bodies.append(self.body),
+                                                              through(self, x, y)))
+    trained = {}
+    for safe in (False, True):
+        model = copy.deepcopy(start)
+        step = PAMStep(model, reference, 0.5, CPU)
+        trained[safe] = train.fit(model, ds, epochs=2, lr=0.05, momentum=0.9, batch_size=48,
+                                  augment=False, device=CPU, seed=3, step_fn=step,
+                                  capture_safe=safe).state_dict()
+        # three batches an epoch, each through PAM's body on the capture-safe path
+        assert bodies == ([step] * 6 if safe else [])
+    moved = 0.0
+    for name, value in trained[False].items():
+        if value.is_floating_point():
+            scale = value.abs().max().clamp_min(1e-6)
+            assert float((trained[True][name] - value).abs().max() / scale) < 1e-5, name
+            moved = max(moved, float((value - start.state_dict()[name]).abs().max() / scale))
+    assert moved > 0.01
+
+
+def test_pams_shift_and_loss_trace_without_a_graph_break(backdoored):
+    """What a compiler would trace of PAM's step before backward: the shift toward the
+    reference (device-side norm, no host read) and the loss at the shifted point."""
+    from ppr_engine.defenses.pam import path_shift
+
+    model = train.prepare(copy.deepcopy(backdoored), CPU).train()
+    params = list(model.parameters())
+    reference = [q.detach() + 0.01 for q in params]
+    x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+
+    def shifted_loss(a, b):
+        shift = path_shift(params, reference, 0.5)
+        with torch.no_grad():
+            torch._foreach_add_(params, shift)
+        return F.cross_entropy(model(a), b), shift
+
+    explained = torch._dynamo.explain(shifted_loss)(x, y)
+    assert explained.graph_break_count == 0, explained.break_reasons
