@@ -12,7 +12,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..train import autocast, fit
+from ..graphed_step import capture_autocast
+from ..train import fit
 from .base import DEFENSES, DefenseContext, Purified, TuneParams
 
 
@@ -30,18 +31,46 @@ class SAMParams(TuneParams):
 
 def sam_perturbation(params: list[torch.Tensor], rho: float, adaptive: bool
                      ) -> list[torch.Tensor]:
-    """The ascent step e for each parameter (zeros where there is no gradient)."""
-    scaled = [(p.abs() * p.grad if adaptive else p.grad) if p.grad is not None else None
-              for p in params]
-    norm = torch.norm(torch.stack([s.norm() for s in scaled if s is not None]))
-    out = []
-    for p, s in zip(params, scaled, strict=True):
-        if s is None:
-            out.append(torch.zeros_like(p))
-        else:
-            e = (p.pow(2) * p.grad if adaptive else p.grad) * rho / (norm + 1e-12)
-            out.append(e)
-    return out
+    """The ascent step e for each parameter (zeros where there is no gradient), as a few
+    foreach kernels with the norm kept on the device: no host read, so the step can be
+    captured as one CUDA graph."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    weights = [p.detach() for p in params]
+    scaled = torch._foreach_mul(torch._foreach_abs(weights), grads) if adaptive else grads
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
+    ascent = torch._foreach_mul(torch._foreach_mul(weights, weights), grads) if adaptive \
+        else grads
+    return torch._foreach_mul(ascent, rho / (norm + 1e-12))
+
+
+class SAMStep:
+    """The SAM step on `model`'s trainable weights: gradient, ascent to w + e, gradient
+    there with BatchNorm statistics frozen, restore w, optimizer step with that gradient.
+    Device-side only, so `fit` may capture it as one CUDA graph (`graphed_step`)."""
+
+    capture_safe = True
+
+    def __init__(self, model: nn.Module, rho: float, adaptive: bool, device: torch.device
+                 ) -> None:
+        self.params = [q for q in model.parameters() if q.requires_grad]
+        self.rho, self.adaptive, self.device = rho, adaptive, device
+
+    def __call__(self, m, x, y, opt, loss_fn) -> None:
+        with capture_autocast(self.device):
+            loss = loss_fn(m, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            e = sam_perturbation(self.params, self.rho, self.adaptive)
+            torch._foreach_add_(self.params, e)
+        opt.zero_grad(set_to_none=True)
+        old = _bn_momentum(m, 0.0)
+        with capture_autocast(self.device):
+            loss_fn(m, x, y).backward()
+        _restore_bn(m, old)
+        with torch.no_grad():
+            torch._foreach_sub_(self.params, e)
+        opt.step()
 
 
 def _bn_momentum(model: nn.Module, value: float | None) -> list[float | None]:
@@ -65,27 +94,7 @@ def _restore_bn(model: nn.Module, old: list[float | None]) -> None:
                        "Aware Minimization, ICCV 2023; BackdoorBench defense/ft-sam.py"))
 def ft_sam(model, ctx: DefenseContext, p: SAMParams) -> Purified:
     """Fine-tune with the SAM two-pass step."""
-    params = [q for q in model.parameters() if q.requires_grad]
-
-    def step(m, x, y, opt, loss_fn):
-        with autocast(ctx.device):
-            loss = loss_fn(m, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            e = sam_perturbation(params, p.rho, p.adaptive)
-            for q, eq in zip(params, e, strict=True):
-                q.add_(eq)
-        opt.zero_grad(set_to_none=True)
-        old = _bn_momentum(m, 0.0)
-        with autocast(ctx.device):
-            loss_fn(m, x, y).backward()
-        _restore_bn(m, old)
-        with torch.no_grad():
-            for q, eq in zip(params, e, strict=True):
-                q.sub_(eq)
-        opt.step()
-
+    step = SAMStep(model, p.rho, p.adaptive, ctx.device)
     fit(model, ctx.clean, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
         step_fn=step, label_smoothing=p.label_smoothing, stage="ft_sam", **p.fit_kwargs())
     return Purified(model)

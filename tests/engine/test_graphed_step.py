@@ -148,15 +148,25 @@ def test_predict_never_switches_the_models_mode():
     assert torch.equal(labels, train.predict(copy.deepcopy(model).eval(), ds, device=CPU))
 
 
-def test_pams_step_through_the_capture_safe_path_trains_as_its_eager_step(backdoored,
-                                                                         monkeypatch):
-    """PAM's step (gradient at the point shifted toward theta_bd, update at theta) declares
-    itself capture-safe, so `fit` takes it through `FitStep` with the fused optimizer and
-    the learning rate as a device tensor: the same weights as the eager loop with
-    `torch.optim.SGD`, to float32 rounding, over two epochs from the backdoored model (the
-    shift is not zero: the model moves away from its reference)."""
+def _bodies(model, reference):
+    """The capture-safe step bodies of the defenses, on `model`."""
     from ppr_engine.defenses.pam import PAMStep
+    from ppr_engine.defenses.sam import SAMStep
 
+    return {"pam": PAMStep(model, reference, 0.5, CPU),
+            "ft_sam": SAMStep(model, 2.0, True, CPU),
+            "sam": SAMStep(model, 0.05, False, CPU)}
+
+
+@pytest.mark.parametrize("name", ["pam", "ft_sam", "sam"])
+def test_a_defenses_step_through_the_capture_safe_path_trains_as_its_eager_step(
+        name, backdoored, monkeypatch):
+    """PAM's step (gradient at the point shifted toward theta_bd, update at theta) and
+    FT-SAM's (adaptive and plain: gradient at the ascent point w + e, BatchNorm frozen,
+    update at w) declare themselves capture-safe, so `fit` takes them through `FitStep`,
+    with the fused optimizer and the learning rate as a device tensor: the same weights as
+    the eager loop with `torch.optim.SGD`, to float32 rounding, over two epochs from near
+    the backdoored model (so PAM's shift is not zero)."""
     ds = data.make_synthetic(120, seed=4)
     reference = copy.deepcopy(backdoored).eval()
     start = copy.deepcopy(backdoored)
@@ -170,19 +180,39 @@ def test_pams_step_through_the_capture_safe_path_trains_as_its_eager_step(backdo
     trained = {}
     for safe in (False, True):
         model = copy.deepcopy(start)
-        step = PAMStep(model, reference, 0.5, CPU)
+        step = _bodies(model, reference)[name]
         trained[safe] = train.fit(model, ds, epochs=2, lr=0.05, momentum=0.9, batch_size=48,
                                   augment=False, device=CPU, seed=3, step_fn=step,
-                                  capture_safe=safe).state_dict()
-        # three batches an epoch, each through PAM's body on the capture-safe path
+                                  capture_safe=safe, label_smoothing=0.1).state_dict()
+        # three batches an epoch, each through the body on the capture-safe path
         assert bodies == ([step] * 6 if safe else [])
+        bodies.clear()
     moved = 0.0
-    for name, value in trained[False].items():
+    for key, value in trained[False].items():
         if value.is_floating_point():
             scale = value.abs().max().clamp_min(1e-6)
-            assert float((trained[True][name] - value).abs().max() / scale) < 1e-5, name
-            moved = max(moved, float((value - start.state_dict()[name]).abs().max() / scale))
+            assert float((trained[True][key] - value).abs().max() / scale) < 1e-5, key
+            moved = max(moved, float((value - start.state_dict()[key]).abs().max() / scale))
     assert moved > 0.01
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_sams_ascent_in_foreach_kernels_is_the_per_weight_formula(adaptive):
+    """e = rho w^2 g / || |w| g || (adaptive) or rho g / ||g||, the norm over every weight,
+    zeros for a weight without a gradient."""
+    from ppr_engine.defenses.sam import sam_perturbation
+
+    torch.manual_seed(0)
+    params = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True),
+              torch.randn(2, requires_grad=True)]
+    for q in params[:2]:
+        q.grad = torch.randn_like(q)
+    scaled = [(q.abs() * q.grad if adaptive else q.grad) for q in params[:2]]
+    norm = torch.sqrt(sum((s ** 2).sum() for s in scaled))
+    expected = [(q.detach() ** 2 * q.grad if adaptive else q.grad) * 2.0 / norm
+                for q in params[:2]] + [torch.zeros(2)]
+    for got, want in zip(sam_perturbation(params, 2.0, adaptive), expected, strict=True):
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_pams_shift_and_loss_trace_without_a_graph_break(backdoored):
