@@ -92,16 +92,28 @@ def make_optimizer(params: Iterable[torch.Tensor], kind: str, lr: torch.Tensor,
     return opt
 
 
+def adam(params: Iterable[torch.Tensor], lr: float, device: torch.device, capture_safe: bool
+         ) -> torch.optim.Optimizer:
+    """Adam without weight decay: fused and reading its learning rate from a device tensor
+    where its steps may be captured (`make_optimizer`), `torch.optim.Adam` otherwise."""
+    if capture_safe:
+        return make_optimizer(params, "adam", torch.tensor(float(lr), device=device), 0.0, 0.0)
+    return torch.optim.Adam(params, lr=lr)
+
+
 class FitStep:
     """One training step of `fit` (see module): `step(x, y)` trains `model` on the batch
     with the learning rate currently in `lr`; `body`, a capture-safe step of the caller's
-    (`capture_safe_body`), replaces loss, backward and optimizer step."""
+    (`capture_safe_body`), replaces loss, backward and optimizer step. `model` is every
+    module whose parameters or buffers the step changes (the inversion's steps pass a
+    `ModuleDict` of the trained module, the frozen network whose BatchNorm statistics
+    move, and the round's running sums); `fp32` computes without autocast."""
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, loss: LossFn,
                  device: torch.device, *, graph: bool | None = None,
-                 body: StepFn | None = None) -> None:
+                 body: StepFn | None = None, fp32: bool = False) -> None:
         self.model, self.opt, self.loss, self.device = model, opt, loss, device
-        self.body = body
+        self.body, self.fp32 = body, fp32
         self._device_key = str(device)  # this process's replay verdict is kept per device
         self.graph = device.type == "cuda" if graph is None else graph
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
@@ -111,7 +123,7 @@ class FitStep:
         if self.body is not None:
             self.body(self.model, x, y, self.opt, self.loss)
             return
-        with capture_autocast(self.device):
+        with contextlib.nullcontext() if self.fp32 else capture_autocast(self.device):
             value = self.loss(self.model, x, y)
         self.opt.zero_grad(set_to_none=True)
         value.backward()

@@ -84,26 +84,47 @@ def decoupled_logits(model: nn.Module, x: torch.Tensor, mask: torch.Tensor
     return logits[:len(x)], logits[len(x):]
 
 
-def learn_feature_mask(model: nn.Module, loader: DeviceLoader, epochs: int, seed: int
-                       ) -> tuple[torch.Tensor, nn.Module]:
+class MaskLogits(nn.Module):
+    """The mask's free parameters: m = (tanh(logits) + 1) / 2."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self) -> torch.Tensor:
+        return (torch.tanh(self.logits) + 1) / 2
+
+
+def mask_loss(parts: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mask step's loss on `parts` (`mask`, the frozen `net` in train mode):
+    CE(h(m phi(x)), y) - CE(h((1-m) phi(x)), y)."""
+    benign, backdoor = decoupled_logits(parts["net"], x, parts["mask"]())
+    return F.cross_entropy(benign, y) - F.cross_entropy(backdoor, y)
+
+
+def learn_feature_mask(model: nn.Module, loader: DeviceLoader, epochs: int, seed: int, *,
+                       capture_safe: bool = False) -> tuple[torch.Tensor, nn.Module]:
     """The mask over the feature map, minimizing CE(h(m phi(x)), y) - CE(h((1-m) phi(x)), y)
-    (Adam 0.01, fp32), and the model copy it was learnt on.
+    (Adam 0.01, fp32), and the model copy it was learnt on; `capture_safe`: each step
+    through `graphed_step.FitStep` (one CUDA graph on CUDA), see `Inverter`.
 
     As in the authors' `reverse()`, the copy runs in train mode while the mask is learnt, so
     its BatchNorm statistics move to the defender's images, and the generator is then
     trained against that same copy in eval mode: the copy is returned for that."""
+    from ..graphed_step import FitStep, adam
+
     inv = frozen_copy(model, train_mode=True)
     x0, _ = next(iter(loader))
     with torch.no_grad():
         shape = stage_features(inv, x0[:2])[1].shape[1:]
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(shape, generator=g).to(loader.device).requires_grad_(True)
-    opt = torch.optim.Adam([logits], lr=0.01)
+    mask = MaskLogits(torch.randn(shape, generator=g).to(loader.device))
+
+    step = FitStep(nn.ModuleDict({"mask": mask, "net": inv}),
+                   adam(mask.parameters(), 0.01, loader.device, capture_safe), mask_loss,
+                   loader.device, graph=capture_safe and loader.device.type == "cuda",
+                   fp32=True)
     for _ in range(epochs):
         for x, y in loader:
-            benign, backdoor = decoupled_logits(inv, x, (torch.tanh(logits) + 1) / 2)
-            loss = F.cross_entropy(benign, y) - F.cross_entropy(backdoor, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return ((torch.tanh(logits) + 1) / 2).detach(), inv.eval()
+            step.step(x, y)
+    return mask().detach(), inv.eval()

@@ -50,6 +50,7 @@ from torch import nn
 
 from ..bounds import budget
 from ..data import DeviceLoader
+from ..graphed_step import FitStep, adam
 from ..models import architecture, head_of, model_fingerprint
 from ..scoped import own_random_stream, tf32_matmuls
 from ..train import Progress, no_progress, progress_parts
@@ -159,15 +160,76 @@ class RoundRecord:
     pulled_to: int | None  # the class G was pulled toward (rounds after the first)
 
 
+class RoundSums(nn.Module):
+    """A round's running sums over its generator steps, as buffers: a step adds into them
+    on the device, and a CUDA-graph capture's warm-up (which restores every buffer of the
+    step's modules) leaves them as they were."""
+
+    KEYS = ("pixel", "feature", "either", "scale", "backdoor", "bound")
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        for key in self.KEYS:
+            self.register_buffer(key, torch.zeros((), device=device))
+
+    def add(self, **values) -> None:
+        with torch.no_grad():
+            for key, v in values.items():
+                getattr(self, key).add_(v.detach().float() if torch.is_tensor(v) else v)
+
+    def means(self, steps: int) -> dict[str, float]:
+        return {k: round(float(getattr(self, k)) / max(1, steps), 6) for k in self.KEYS}
+
+
+class GeneratorLoss:
+    """One generator step's loss (module docstring, step 2) on `parts` (`gen`, the frozen
+    `net` in eval mode, the round's `sums`, into which it adds what the round record
+    reports): every choice on the device, so the step can be one CUDA graph."""
+
+    def __init__(self, p: InversionParams, mask: torch.Tensor, std: torch.Tensor,
+                 absolute: bool, pull: int | None) -> None:
+        self.p, self.mask, self.std, self.absolute, self.pull = p, mask, std, absolute, pull
+
+    def __call__(self, parts: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor
+                 ) -> torch.Tensor:
+        p, mask = self.p, self.mask
+        gx = parts["gen"](x)
+        with torch.no_grad():
+            _, f_clean = stage_features(parts["net"], x)
+        out_g, f_gen = stage_features(parts["net"], gx)
+        benign = F.mse_loss(mask * f_gen, mask * f_clean)
+        backdoor = F.mse_loss((1 - mask) * f_gen, (1 - mask) * f_clean)
+        pixel = normalized_mse(gx, x, self.std)
+        scale = f_clean.pow(2).mean()
+        bound = p.feat_bound if self.absolute else p.feat_bound * scale
+        # over a bound: pull back to x only; chosen on the device, no host sync
+        over_pixel, over_feature = pixel > p.norm_bound, benign > bound
+        over = over_pixel | over_feature
+        value = torch.where(over, pixel, -backdoor + p.benign_weight * benign)
+        if self.pull is not None:
+            value = value + F.cross_entropy(out_g, torch.full_like(y, self.pull))
+        parts["sums"].add(pixel=over_pixel, feature=over_feature, either=over, scale=scale,
+                          backdoor=backdoor, bound=bound)
+        return value
+
+
 class Inverter:
-    """BTI-DBF's generator and its rounds of inversion against a model that changes."""
+    """BTI-DBF's generator and its rounds of inversion against a model that changes.
+
+    `capture_safe` (default: on CUDA) runs the mask and generator steps through
+    `graphed_step.FitStep` with fused Adam reading its learning rate from a device tensor:
+    on CUDA each step is one CUDA graph (checked against an eager step once per process);
+    elsewhere the steps run eagerly with `torch.optim.Adam`, as they always have."""
 
     def __init__(self, model: nn.Module, ctx: InversionContext, p: InversionParams,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, *, capture_safe: bool | None = None
+                 ) -> None:
         """Pre-train the generator against `model` (its progress to `progress`, by default
         the context's)."""
         p = p.on(ctx.device.type)
         self.p, self.device = p, ctx.device
+        self.capture_safe = (ctx.device.type == "cuda" if capture_safe is None
+                             else capture_safe)
         self.ctx = InversionContext.of(ctx)  # the defender's data, never a known trigger
         self.loader = DeviceLoader(ctx.clean, p.batch_size, shuffle=True, augment=p.augment,
                                    device=ctx.device, seed=ctx.seed)
@@ -176,7 +238,7 @@ class Inverter:
             self.gen = pretrained_generator(model, pretraining, self.loader, width=p.gen_width,
                                             blocks=p.gen_blocks, output=p.gen_output,
                                             epochs=p.pretrain_epochs, lr=p.gen_lr)
-        self.opt = torch.optim.Adam(self.gen.parameters(), lr=p.gen_lr)
+        self.opt = adam(self.gen.parameters(), p.gen_lr, ctx.device, self.capture_safe)
         self.absolute = p.bound_is_absolute(model.arch_name)
         self.detection: Detection | None = None
         self.rounds: list[RoundRecord] = []
@@ -229,45 +291,26 @@ class Inverter:
         """One round of mask and generator training (and, first, detection and the scans,
         whose progress goes to `scan_progress`)."""
         p, dev, r = self.p, self.device, len(self.rounds)
-        mask, inv = learn_feature_mask(model, self.loader, p.mask_epochs, self.ctx.seed + r)
+        mask, inv = learn_feature_mask(model, self.loader, p.mask_epochs, self.ctx.seed + r,
+                                       capture_safe=self.capture_safe)
         std = model.input_std
         det = self.detection
         pulled = det is not None and (p.pull == "always" or p.pull == "confident" and det.confident)
         pull = det.target if pulled else None
+        sums = RoundSums(dev)
+        step = FitStep(nn.ModuleDict({"gen": self.gen, "net": inv, "sums": sums}), self.opt,
+                       GeneratorLoss(p, mask, std, self.absolute, pull), dev,
+                       graph=self.capture_safe and dev.type == "cuda", fp32=True)
         self.gen.train()
-        zero = torch.zeros((), device=dev)
-        sums = {"pixel": zero.clone(), "feature": zero.clone(), "either": zero.clone(),
-                "scale": zero.clone(), "backdoor": zero.clone(), "bound": zero.clone()}
         steps = 0
         for epoch in range(p.gen_epochs):
             for x, y in self.loader:
-                gx = self.gen(x)
-                with torch.no_grad():
-                    _, f_clean = stage_features(inv, x)
-                out_g, f_gen = stage_features(inv, gx)
-                benign = F.mse_loss(mask * f_gen, mask * f_clean)
-                backdoor = F.mse_loss((1 - mask) * f_gen, (1 - mask) * f_clean)
-                pixel = normalized_mse(gx, x, std)
-                scale = f_clean.pow(2).mean()
-                bound = p.feat_bound if self.absolute else p.feat_bound * scale
-                # over a bound: pull back to x only; chosen on the device, no host sync
-                over_pixel, over_feature = pixel > p.norm_bound, benign > bound
-                over = over_pixel | over_feature
-                loss = torch.where(over, pixel, -backdoor + p.benign_weight * benign)
-                if pull is not None:
-                    loss = loss + F.cross_entropy(out_g, torch.full_like(y, pull))
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-                for key, v in (("pixel", over_pixel), ("feature", over_feature),
-                               ("either", over), ("scale", scale),
-                               ("backdoor", backdoor.detach()), ("bound", bound)):
-                    sums[key] += v.detach().float() if torch.is_tensor(v) else v
+                step.step(x, y)
                 steps += 1
             progress(f"inversion round {r + 1}: generator epoch {epoch + 1}/{p.gen_epochs}",
                      (epoch + 1) / p.gen_epochs)
         self.gen.eval()
-        mean = {k: round(float(v) / max(1, steps), 6) for k, v in sums.items()}
+        mean = sums.means(steps)
         self.rounds.append(RoundRecord(r + 1, mean["scale"], mean["bound"], mean["either"],
                                        mean["pixel"], mean["feature"], mean["backdoor"], pull))
         if self.detection is None:

@@ -234,3 +234,70 @@ def test_pams_shift_and_loss_trace_without_a_graph_break(backdoored):
 
     explained = torch._dynamo.explain(shifted_loss)(x, y)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_the_inversions_capture_safe_steps_invert_as_its_eager_steps(backdoored, defender_set):
+    """The inversion's mask and generator steps with fused Adam reading its learning rate
+    from a device tensor (`capture_safe`, the CUDA default, where each step is one graph)
+    against `torch.optim.Adam` (the CPU default): two rounds, the second pulled toward the
+    detected class, give the same generator and round records. In float64: the generator
+    maximizes a feature distance and switches to the pixel fall-back at a bound, so in
+    float32 the two orders of rounding part (measured: 0.38 of a weight's scale after two
+    rounds), while in float64 they agree to 3e-10."""
+    from ppr_engine.defenses import DefenseContext
+    from ppr_engine.inversion import InversionParams
+    from ppr_engine.inversion.inverter import Inverter
+
+    train_part, val = data.train_val(defender_set.subset(torch.arange(160)), 0.1, seed=0)
+    params = InversionParams(pretrain_epochs=1, mask_epochs=1, gen_epochs=2, gen_width=8,
+                             gen_blocks=3, gen_output="residual", batch_size=32,
+                             augment=False, verify=False)
+    found = {}
+    with torch.random.fork_rng():
+        torch.set_default_dtype(torch.float64)
+        try:
+            for safe in (False, True):
+                model = copy.deepcopy(backdoored).double()
+                inverter = Inverter(model, DefenseContext(train_part, val, CPU, seed=0), params,
+                                    capture_safe=safe)
+                inverter.run_round(model)
+                inverter.run_round(model)
+                assert torch.is_tensor(inverter.opt.param_groups[0]["lr"]) is safe
+                found[safe] = inverter
+        finally:
+            torch.set_default_dtype(torch.float32)
+    eager, safe = found[False], found[True]
+    assert eager.rounds == safe.rounds and eager.rounds[1].pulled_to is not None
+    for a, b in zip(eager.gen.state_dict().values(), safe.gen.state_dict().values(),
+                    strict=True):
+        if a.is_floating_point():
+            assert float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)) < 1e-8
+
+
+@pytest.mark.parametrize("pull", [None, 3])
+def test_the_inversions_step_losses_trace_without_a_graph_break(backdoored, pull):
+    """What a compiler would trace of the inversion's mask and generator steps before
+    backward (the feature tap standing on the model, the bounds chosen on the device, the
+    round's sums added on the device) is one graph each, from the second step on (the first
+    registers the tap)."""
+    from torch import nn
+
+    from ppr_engine.inversion import InversionParams
+    from ppr_engine.inversion.features import MaskLogits, mask_loss, tap
+    from ppr_engine.inversion.generator import UNet
+    from ppr_engine.inversion.inverter import GeneratorLoss, RoundSums
+    from ppr_engine.models import frozen_copy
+
+    net = frozen_copy(backdoored, train_mode=True)
+    tap(net)  # standing before the first step, as `learn_feature_mask` leaves it
+    x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    mask = MaskLogits(torch.randn(128, 4, 4))
+    masked = torch._dynamo.explain(mask_loss)(nn.ModuleDict({"mask": mask, "net": net}), x, y)
+    assert masked.graph_break_count == 0 and masked.graph_count == 1, masked.break_reasons
+    gen = UNet(net.input_mean, net.input_std, width=8, blocks=3, output="residual")
+    loss = GeneratorLoss(InversionParams(), mask().detach(), net.input_std, False, pull)
+    parts = nn.ModuleDict({"gen": gen, "net": net.eval(), "sums": RoundSums(CPU)})
+    generated = torch._dynamo.explain(loss)(parts, x, y)
+    assert generated.graph_break_count == 0 and generated.graph_count == 1, \
+        generated.break_reasons
