@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DeviceLoader
+from ..graphed_step import FitStep, adam
 from ..models import frozen_copy, model_fingerprint
 from ..scoped import own_random_stream
 from .context import InversionContext
@@ -95,8 +96,8 @@ def normalized_mse(a: torch.Tensor, b: torch.Tensor, std: torch.Tensor) -> torch
 
 
 def pretrained_generator(model: nn.Module, ctx: InversionContext, loader: DeviceLoader, *,
-                         width: int, blocks: int, output: Output, epochs: int, lr: float
-                         ) -> UNet:
+                         width: int, blocks: int, output: Output, epochs: int, lr: float,
+                         capture_safe: bool = False) -> UNet:
     """G trained to preserve `model`'s predictions and last-stage features while staying
     close to its input (the authors' `pretrain.py`: pixel MSE weighted 100 while above 0.1,
     else 0.01; Adam; fp32). Cached per audit by the model's weights and the settings, so
@@ -105,41 +106,46 @@ def pretrained_generator(model: nn.Module, ctx: InversionContext, loader: Device
 
     Departure: the prediction term is CE(f(G(x)), softmax f(x)); the authors pass two
     softmax outputs to a cross-entropy (the first taken as logits), a quirk whose intent,
-    keeping the predictions, this term states directly."""
+    keeping the predictions, this term states directly.
+
+    `capture_safe`: each step through `graphed_step.FitStep` (one CUDA graph on CUDA), see
+    `Inverter`."""
     key = ("generator", model_fingerprint(model), width, blocks, output, epochs, lr,
-           len(loader.ds), loader.batch_size, loader.augment, ctx.seed)
+           len(loader.ds), loader.batch_size, loader.augment, ctx.seed, capture_safe)
     if key in ctx.cache:
         return copy.deepcopy(ctx.cache[key])
     with own_random_stream(ctx.device, ctx.seed):
         gen = _pretrain(model, ctx, DeviceLoader(
             loader.ds, loader.batch_size, shuffle=loader.shuffle, augment=loader.augment,
             device=loader.device, seed=ctx.seed), width=width, blocks=blocks, output=output,
-            epochs=epochs, lr=lr)
+            epochs=epochs, lr=lr, capture_safe=capture_safe)
     ctx.cache[key] = copy.deepcopy(gen)
     return gen
 
 
+def pretraining_loss(parts: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One pre-training step's loss on `parts` (`gen`, the frozen eval-mode `net`), every
+    choice on the device (see pretrained_generator); `y` is not used."""
+    gx = parts["gen"](x)
+    with torch.no_grad():
+        out_c, feat_c = stage_features(parts["net"], x)
+    out_g, feat_g = stage_features(parts["net"], gx)
+    norm = normalized_mse(gx, x, parts["gen"].std)
+    # the authors' switch between a strong and a weak pull to x, without a sync
+    weight = torch.where(norm > 0.1, 100.0, 0.01)
+    return F.cross_entropy(out_g, out_c.softmax(1)) + F.mse_loss(feat_g, feat_c) + weight * norm
+
+
 def _pretrain(model: nn.Module, ctx: InversionContext, loader: DeviceLoader, *, width: int,
-              blocks: int, output: Output, epochs: int, lr: float) -> UNet:
+              blocks: int, output: Output, epochs: int, lr: float, capture_safe: bool) -> UNet:
     """The pre-training itself, on a loader of its own (see pretrained_generator)."""
     gen = UNet(model.input_mean, model.input_std, width, blocks, output).to(ctx.device).train()
-    opt = torch.optim.Adam(gen.parameters(), lr=lr)
-    ref = frozen_copy(model, train_mode=False)
-    std = model.input_std
+    step = FitStep(nn.ModuleDict({"gen": gen, "net": frozen_copy(model, train_mode=False)}),
+                   adam(gen.parameters(), lr, ctx.device, capture_safe), pretraining_loss,
+                   ctx.device, graph=capture_safe and ctx.device.type == "cuda", fp32=True)
     for epoch in range(epochs):
-        for x, _ in loader:
-            gx = gen(x)
-            with torch.no_grad():
-                out_c, feat_c = stage_features(ref, x)
-            out_g, feat_g = stage_features(ref, gx)
-            norm = normalized_mse(gx, x, std)
-            # the authors' switch between a strong and a weak pull to x, without a sync
-            weight = torch.where(norm > 0.1, 100.0, 0.01)
-            loss = (F.cross_entropy(out_g, out_c.softmax(1)) + F.mse_loss(feat_g, feat_c)
-                    + weight * norm)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        for x, y in loader:
+            step.step(x, y)
         ctx.progress(f"generator pre-training: epoch {epoch + 1}/{epochs}",
                      (epoch + 1) / max(1, epochs))
     return gen

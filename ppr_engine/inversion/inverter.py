@@ -237,7 +237,8 @@ class Inverter:
         with tf32_matmuls(ctx.device):  # fp32 with TF32 matrix products, this work only
             self.gen = pretrained_generator(model, pretraining, self.loader, width=p.gen_width,
                                             blocks=p.gen_blocks, output=p.gen_output,
-                                            epochs=p.pretrain_epochs, lr=p.gen_lr)
+                                            epochs=p.pretrain_epochs, lr=p.gen_lr,
+                                            capture_safe=self.capture_safe)
         self.opt = adam(self.gen.parameters(), p.gen_lr, ctx.device, self.capture_safe)
         self.absolute = p.bound_is_absolute(model.arch_name)
         self.detection: Detection | None = None
@@ -259,7 +260,7 @@ class Inverter:
             # share the first
             key = ("first round", model_fingerprint(model), model_fingerprint(self.gen),
                    self.p.model_dump_json(exclude={"pull"}), self.ctx.seed,
-                   len(self.ctx.clean))
+                   len(self.ctx.clean), self.capture_safe)
             if key not in self.ctx.cache:
                 n, k = len(self.ctx.clean), head_of(model).out_features
                 scan = self.p.scan.work(n, k) if self.p.verify else 0.0

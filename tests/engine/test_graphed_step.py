@@ -237,13 +237,14 @@ def test_pams_shift_and_loss_trace_without_a_graph_break(backdoored):
 
 
 def test_the_inversions_capture_safe_steps_invert_as_its_eager_steps(backdoored, defender_set):
-    """The inversion's mask and generator steps with fused Adam reading its learning rate
-    from a device tensor (`capture_safe`, the CUDA default, where each step is one graph)
-    against `torch.optim.Adam` (the CPU default): two rounds, the second pulled toward the
-    detected class, give the same generator and round records. In float64: the generator
-    maximizes a feature distance and switches to the pixel fall-back at a bound, so in
-    float32 the two orders of rounding part (measured: 0.38 of a weight's scale after two
-    rounds), while in float64 they agree to 3e-10."""
+    """The inversion's pre-training, mask and generator steps with fused Adam reading its
+    learning rate from a device tensor (`capture_safe`, the CUDA default, where each step
+    is one graph) against `torch.optim.Adam` (the CPU default): pre-training and two rounds,
+    the second pulled toward the detected class, give the same generator and round records.
+    In float64: the generator maximizes a feature distance and switches to the pixel
+    fall-back at a bound, so in float32 the two orders of rounding part (measured on 270
+    images: 0.65 of a weight's scale after two rounds), while in float64 they agree to
+    5e-9."""
     from ppr_engine.defenses import DefenseContext
     from ppr_engine.inversion import InversionParams
     from ppr_engine.inversion.inverter import Inverter
@@ -271,20 +272,20 @@ def test_the_inversions_capture_safe_steps_invert_as_its_eager_steps(backdoored,
     for a, b in zip(eager.gen.state_dict().values(), safe.gen.state_dict().values(),
                     strict=True):
         if a.is_floating_point():
-            assert float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)) < 1e-8
+            assert float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)) < 1e-7
 
 
 @pytest.mark.parametrize("pull", [None, 3])
 def test_the_inversions_step_losses_trace_without_a_graph_break(backdoored, pull):
-    """What a compiler would trace of the inversion's mask and generator steps before
-    backward (the feature tap standing on the model, the bounds chosen on the device, the
+    """What a compiler would trace of the inversion's pre-training, mask and generator steps
+    before backward (the feature tap standing on the model, the bounds chosen on the device, the
     round's sums added on the device) is one graph each, from the second step on (the first
     registers the tap)."""
     from torch import nn
 
     from ppr_engine.inversion import InversionParams
     from ppr_engine.inversion.features import MaskLogits, mask_loss, tap
-    from ppr_engine.inversion.generator import UNet
+    from ppr_engine.inversion.generator import UNet, pretraining_loss
     from ppr_engine.inversion.inverter import GeneratorLoss, RoundSums
     from ppr_engine.models import frozen_copy
 
@@ -301,3 +302,7 @@ def test_the_inversions_step_losses_trace_without_a_graph_break(backdoored, pull
     generated = torch._dynamo.explain(loss)(parts, x, y)
     assert generated.graph_break_count == 0 and generated.graph_count == 1, \
         generated.break_reasons
+    pretrained = torch._dynamo.explain(pretraining_loss)(
+        nn.ModuleDict({"gen": gen, "net": net}), x, y)
+    assert pretrained.graph_break_count == 0 and pretrained.graph_count == 1, \
+        pretrained.break_reasons
