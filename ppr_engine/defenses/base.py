@@ -195,16 +195,17 @@ Replacement = Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
 
 def replace_share(fn: Replacement, ratio: float) -> Batch:
     """A batch transform replacing the first `ratio` of each (shuffled) batch by fn(x, y,
-    index): the unlearning data of EP, BTI-DBF(U) and PAM."""
+    index): the unlearning data of EP, BTI-DBF(U) and PAM (`index` None: for an `fn` that
+    does not read it)."""
 
-    def transform(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+    def transform(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         k = int(round(ratio * len(x)))
         if k == 0:
             return x, y
         x, y = x.clone(), y.clone()
         with torch.no_grad():
-            new_x, new_y = fn(x[:k], y[:k], index[:k])
+            new_x, new_y = fn(x[:k], y[:k], None if index is None else index[:k])
             x[:k], y[:k] = new_x.to(x.dtype), new_y.to(y.dtype)
         return x, y
 

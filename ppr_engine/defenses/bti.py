@@ -21,6 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from ..bounds import budget
+from ..graphed_step import capture_autocast
 from ..inversion import InversionParams, Inverter
 from ..inversion.features import stage_features
 from ..train import fit, progress_parts
@@ -61,30 +62,35 @@ def inverted_batches(inverter: Inverter, ratio: float):
     return replace_share(lambda x, y, index: (inverter.apply(x), y), ratio)
 
 
-class MixedBatches:
-    """BTI-DBF(U)'s unlearning data and loss: a share of each batch replaced by G(x) under
-    the true labels; the loss is CE plus the MSE between the clean batch's and the mixed
-    batch's features, so the transform keeps the clean batch for the loss."""
+class UnlearningStep:
+    """BTI-DBF(U)'s unlearning step on a clean batch: its first `ratio` replaced by G(x)
+    under the true labels, CE on that mixed batch plus the MSE between its features and the
+    clean batch's, one optimizer step. The mixing is part of the step and every op stays on
+    the device, so `fit` may capture the whole step as one CUDA graph (`graphed_step`)."""
 
-    def __init__(self, inverter: Inverter, ratio: float, feature_weight: float) -> None:
+    capture_safe = True
+
+    def __init__(self, inverter: Inverter, ratio: float, feature_weight: float,
+                 device: torch.device) -> None:
         self.replace = inverted_batches(inverter, ratio)
-        self.feature_weight = feature_weight
-        self.clean: torch.Tensor | None = None
+        self.feature_weight, self.device = feature_weight, device
 
-    def transform(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`fit`'s batch transform."""
-        self.clean = x
-        return self.replace(x, y, index)
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """`fit`'s loss on the mixed batch `x`."""
-        logits, f_mixed = stage_features(model, x)
+    def loss(self, model: nn.Module, mixed: torch.Tensor, y: torch.Tensor,
+             clean: torch.Tensor) -> torch.Tensor:
+        logits, f_mixed = stage_features(model, mixed)
         ce = F.cross_entropy(logits, y)
-        if self.feature_weight == 0 or self.clean is None:
+        if self.feature_weight == 0:
             return ce
-        _, f_clean = stage_features(model, self.clean)
+        _, f_clean = stage_features(model, clean)
         return ce + self.feature_weight * F.mse_loss(f_mixed, f_clean)
+
+    def __call__(self, model, x, y, opt, loss_fn) -> None:
+        mixed, labels = self.replace(x, y, None)
+        with capture_autocast(self.device):
+            value = self.loss(model, mixed, labels, x)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
 
 
 @DEFENSES.register("bti_dbf", params=BTIParams, summary="BTI-DBF(U): trigger inversion by "
@@ -101,10 +107,9 @@ def bti_dbf(model, ctx: DefenseContext, p: BTIParams) -> Purified:
     rounds: list[dict] = []
     for r in range(p.rounds):
         inverter.run_round(model, parts[1 + 2 * r])
-        batches = MixedBatches(inverter, p.ratio, p.feature_weight)
         fit(model, ctx.clean, epochs=epochs, lr=p.lr, optimizer="adam", weight_decay=0.0,
             schedule="constant", batch_size=p.batch_size, augment=p.augment, device=ctx.device,
             seed=ctx.seed + r, progress=parts[2 + 2 * r], stage=f"bti_dbf unlearning {r + 1}",
-            transform=batches.transform, loss_fn=batches.loss)
+            step_fn=UnlearningStep(inverter, p.ratio, p.feature_weight, ctx.device))
         rounds.append(round_record(model, reference, ctx))
     return Purified(model, {**inverter.record(), "epochs_per_round": epochs, "rounds": rounds})

@@ -306,3 +306,57 @@ def test_the_inversions_step_losses_trace_without_a_graph_break(backdoored, pull
         nn.ModuleDict({"gen": gen, "net": net}), x, y)
     assert pretrained.graph_break_count == 0 and pretrained.graph_count == 1, \
         pretrained.break_reasons
+
+
+def test_bti_dbfs_unlearning_step_through_the_capture_safe_path_trains_as_its_eager_step(
+        backdoored, defender_set, monkeypatch):
+    """BTI-DBF(U)'s unlearning step mixes G(x) into the clean batch inside the step (so the
+    clean batch its feature term reads is the step's own input, which a graph holds) and is
+    taken through `FitStep` with fused Adam: the same weights as `torch.optim.Adam` in the
+    eager loop. In float64, for Adam's sake (see the Adam case above)."""
+    from ppr_engine.defenses import DefenseContext
+    from ppr_engine.defenses.bti import UnlearningStep
+    from ppr_engine.inversion import InversionParams
+    from ppr_engine.inversion.features import tap
+    from ppr_engine.inversion.inverter import Inverter
+
+    ds = data.make_synthetic(120, seed=4)
+    bodies = []
+    through = FitStep.step
+    monkeypatch.setattr(FitStep, "step", lambda self, x, y: (bodies.append(self.body),
+                                                              through(self, x, y)))
+    trained = {}
+    with torch.random.fork_rng():
+        torch.set_default_dtype(torch.float64)
+        try:
+            start = copy.deepcopy(backdoored).double()
+            train_part, val = data.train_val(defender_set.subset(torch.arange(100)), 0.1,
+                                             seed=0)
+            inverter = Inverter(start, DefenseContext(train_part, val, CPU, seed=0),
+                                InversionParams(pretrain_epochs=0, gen_width=8, gen_blocks=3,
+                                                gen_output="residual", verify=False))
+            for safe in (False, True):
+                model = copy.deepcopy(start)
+                step = UnlearningStep(inverter, 0.2, 1.0, CPU)
+                trained[safe] = train.fit(
+                    model, ds, epochs=2, lr=1e-3, optimizer="adam", weight_decay=0.0,
+                    schedule="constant", batch_size=48, augment=False, device=CPU, seed=3,
+                    step_fn=step, capture_safe=safe).state_dict()
+                assert bodies == ([step] * 6 if safe else [])
+                bodies.clear()
+        finally:
+            torch.set_default_dtype(torch.float32)
+    moved = 0.0
+    for key, value in trained[False].items():
+        if value.is_floating_point():
+            scale = value.abs().max().clamp_min(1e-6)
+            assert float((trained[True][key] - value).abs().max() / scale) < 1e-8, key
+            moved = max(moved, float((value - start.state_dict()[key]).abs().max() / scale))
+    assert moved > 1e-3
+    net = train.prepare(copy.deepcopy(backdoored), CPU).train()
+    tap(net)  # standing, as after the round's first step
+    x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    explained = torch._dynamo.explain(UnlearningStep(inverter, 0.2, 1.0, CPU).loss)(
+        net, x.flip(0), torch.randint(0, 10, (8,)), x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, \
+        explained.break_reasons
