@@ -16,6 +16,21 @@ from ppr_engine.graphed_step import FitStep, cosine_schedule, make_optimizer
 CPU = torch.device("cpu")
 
 
+def _compare(ref: dict, out: dict, start: dict) -> tuple[float, float]:
+    """(the largest difference of `out` from `ref`, the largest move of `ref` from `start`),
+    each relative to the tensor's largest value; integer tensors must be equal."""
+    assert ref.keys() == out.keys()
+    worst = moved = 0.0
+    for name, value in ref.items():
+        if value.is_floating_point():
+            scale = value.abs().max().clamp_min(1e-6)
+            worst = max(worst, float((out[name] - value).abs().max() / scale))
+            moved = max(moved, float((value - start[name]).abs().max() / scale))
+        else:
+            assert torch.equal(out[name], value), name
+    return worst, moved
+
+
 def _trained(model, ds, capture_safe: bool, **kw):
     kw = {"lr": 0.05, **kw}
     return train.fit(copy.deepcopy(model), ds, epochs=2, batch_size=48, augment=True,
@@ -45,15 +60,8 @@ def test_the_capture_safe_step_trains_as_fits_own_loop(arch, width, kw, dtype):
     ds = data.make_synthetic(120, seed=4)  # the float32 images are exact in float64
     ref = _trained(model, ds, capture_safe=False, **kw).state_dict()
     out = _trained(model, ds, capture_safe=True, **kw).state_dict()
-    assert ref.keys() == out.keys()
-    moved = 0.0
-    for name, value in ref.items():
-        if value.is_floating_point():
-            scale = value.abs().max().clamp_min(1e-6)
-            assert float((out[name] - value).abs().max() / scale) < 1e-5, name
-            moved = max(moved, float((value - model.state_dict()[name]).abs().max() / scale))
-        else:
-            assert torch.equal(out[name], value), name
+    worst, moved = _compare(ref, out, model.state_dict())
+    assert worst < 1e-5
     assert moved > 0.01  # the weights did move: the comparison is not of two copies
 
 
@@ -187,13 +195,8 @@ def test_a_defenses_step_through_the_capture_safe_path_trains_as_its_eager_step(
         # three batches an epoch, each through the body on the capture-safe path
         assert bodies == ([step] * 6 if safe else [])
         bodies.clear()
-    moved = 0.0
-    for key, value in trained[False].items():
-        if value.is_floating_point():
-            scale = value.abs().max().clamp_min(1e-6)
-            assert float((trained[True][key] - value).abs().max() / scale) < 1e-5, key
-            moved = max(moved, float((value - start.state_dict()[key]).abs().max() / scale))
-    assert moved > 0.01
+    worst, moved = _compare(trained[False], trained[True], start.state_dict())
+    assert worst < 1e-5 and moved > 0.01
 
 
 @pytest.mark.parametrize("adaptive", [True, False])
@@ -269,10 +272,8 @@ def test_the_inversions_capture_safe_steps_invert_as_its_eager_steps(backdoored,
             torch.set_default_dtype(torch.float32)
     eager, safe = found[False], found[True]
     assert eager.rounds == safe.rounds and eager.rounds[1].pulled_to is not None
-    for a, b in zip(eager.gen.state_dict().values(), safe.gen.state_dict().values(),
-                    strict=True):
-        if a.is_floating_point():
-            assert float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)) < 1e-7
+    worst, _ = _compare(eager.gen.state_dict(), safe.gen.state_dict(), eager.gen.state_dict())
+    assert worst < 1e-7
 
 
 @pytest.mark.parametrize("pull", [None, 3])
@@ -346,13 +347,8 @@ def test_bti_dbfs_unlearning_step_through_the_capture_safe_path_trains_as_its_ea
                 bodies.clear()
         finally:
             torch.set_default_dtype(torch.float32)
-    moved = 0.0
-    for key, value in trained[False].items():
-        if value.is_floating_point():
-            scale = value.abs().max().clamp_min(1e-6)
-            assert float((trained[True][key] - value).abs().max() / scale) < 1e-8, key
-            moved = max(moved, float((value - start.state_dict()[key]).abs().max() / scale))
-    assert moved > 1e-3
+    worst, moved = _compare(trained[False], trained[True], start.state_dict())
+    assert worst < 1e-8 and moved > 1e-3
     net = train.prepare(copy.deepcopy(backdoored), CPU).train()
     tap(net)  # standing, as after the round's first step
     x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)

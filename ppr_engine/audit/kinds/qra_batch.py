@@ -18,7 +18,7 @@ from ...ppr.batched_qra import train_qra_together
 from ...ppr.qra import qra_training_set
 from ..stage import Stage, StageId, StageResult
 from .base import Planner, StageKind, baseline_model, require_backdoor, subject_model_of
-from .retune_batch import source
+from .retune_batch import source, sources
 
 
 def batched(spec) -> bool:
@@ -55,9 +55,8 @@ class QRABatch(StageKind):
         if not self.enabled(p.spec) or not p.budgets:
             return []
         who = subjects(p.spec)
-        sources = tuple(sid for s in who if (sid := source(s)) is not None)
         out = [Stage(batch_id(p.spec, label), needs=(StageId("evaluate"), StageId("baseline")),
-                     after=sources + tuple(guide_id(p, s, label) for s in who), trigger=i,
+                     after=sources(who) + tuple(guide_id(p, s, label) for s in who), trigger=i,
                      cost=len(who) * qra_work(p.spec, p.sizes, numbers=False))
                for i, label in enumerate(p.labels)]
         qra = KINDS["qra"]

@@ -37,6 +37,12 @@ def source(subject: str) -> StageId | None:
     return StageId("baseline") if subject == "baseline" else StageId("purify", subject)
 
 
+def sources(who: list[str]) -> tuple[StageId, ...]:
+    """The stages the models of `who` come from (the submitted model needs none): what a
+    batch over them waits for."""
+    return tuple(sid for s in who if (sid := source(s)) is not None)
+
+
 def batch_id(spec, label: str, budget_key: str) -> StageId:
     """`retune-batch:<subjects joined by +>:<trigger>:<budget>`: the subjects are part of
     the id, so the attempts of a purification until robust (`pam`, then `pam#2`) each get
@@ -54,7 +60,7 @@ class RetuneBatch(StageKind):
         if not self.enabled(p.spec) or not p.budgets:
             return []
         who = subjects(p.spec)
-        waits = tuple(sid for s in who if (sid := source(s)) is not None)
+        waits = sources(who)
         seeds = p.spec.plan.retune.seeds_on(p.spec.device)
         return [Stage(batch_id(p.spec, label, b.key), needs=(StageId("evaluate"),), after=waits,
                       trigger=i, budget=b,
