@@ -15,9 +15,10 @@ itself capture-safe (`capture_safe = True`, as PAM's step does: its shift toward
 gradient and restore are device-side foreach ops); any other body runs eagerly.
 
 On CUDA each batch shape (the full batch and the epoch's tail) is captured once, after a
-few warm-up steps whose effects are undone. The first capture in a process is checked: one
+few warm-up steps whose effects are undone. The first capture of each kind of step in a
+process (`step_kind`: fit's own, PAM's, the inversion's generator step, ...) is checked: one
 replay against one eager step from the same state on the same batch; if they differ, or a
-loss cannot be captured (a host sync inside it), the step stays eager and says so in the
+loss cannot be captured (a host sync inside it), that step stays eager and says so in the
 log. On the CPU the step runs eagerly: the tests compare it there with `fit`'s own loop.
 """
 
@@ -36,16 +37,31 @@ log = logging.getLogger("ppr.engine")
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, LossFn], None]
 
-# Per device, how this process's first replay compared with an eager step: True (they
-# agreed: graphs from then on), False (they differed: every later fit stays eager).
-_REPLAY_CHECKED: dict[str, bool] = {}
+# Per device and kind of step (`step_kind`), how this process's first replay of that step
+# compared with an eager one: True (they agreed: graphs from then on), False (they differed:
+# that step stays eager in this process).
+_REPLAY_CHECKED: dict[tuple[str, str], bool] = {}
 
 
-def replays_trusted(device: torch.device | str) -> bool | None:
-    """How this process's first CUDA-graph replay on `device` compared with an eager step:
-    True (graphs are in use), False (they differed: training is eager), None (no capture
-    was checked yet, as on the CPU)."""
-    return _REPLAY_CHECKED.get(str(torch.device(device)))
+def step_kind(body: StepFn | None, loss: LossFn) -> str:
+    """What a step computes, for its replay check: the body's class (PAM's, SAM's, ...) or
+    the loss's qualified name (fit's own, the inversion's). Each kind is checked on its
+    own, so one step's capture that goes wrong leaves the others' graphs alone, and a step
+    is never trusted on another step's check."""
+    fn = body if body is not None else loss
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def replays_trusted(device: torch.device | str, kind: str | None = None) -> bool | None:
+    """How this process's first CUDA-graph replay of `kind` (None: of any step) on `device`
+    compared with an eager step: True (graphs are in use), False (they differed: that step
+    is eager; with kind None, some step's did), None (none was checked yet, as on the
+    CPU)."""
+    dev = str(torch.device(device))
+    found = [v for (d, k), v in _REPLAY_CHECKED.items() if d == dev and kind in (None, k)]
+    if not found:
+        return None
+    return all(found)
 
 
 def capture_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -114,7 +130,8 @@ class FitStep:
                  body: StepFn | None = None, fp32: bool = False) -> None:
         self.model, self.opt, self.loss, self.device = model, opt, loss, device
         self.body, self.fp32 = body, fp32
-        self._device_key = str(device)  # this process's replay verdict is kept per device
+        # this process's replay verdict is kept per device and kind of step
+        self._check_key = (str(device), step_kind(body, loss))
         self.graph = device.type == "cuda" if graph is None else graph
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
@@ -131,7 +148,7 @@ class FitStep:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Train on one batch: a graph replay where one is held for its shape, else eager."""
-        if not self.graph or _REPLAY_CHECKED.get(self._device_key) is False:
+        if not self.graph or _REPLAY_CHECKED.get(self._check_key) is False:
             self._eager(x, y)
             return
         key = (tuple(x.shape), x.dtype, tuple(y.shape))
@@ -142,7 +159,7 @@ class FitStep:
                 self._eager(x, y)
                 return
             self._graphs[key] = captured
-            if not _REPLAY_CHECKED.get(self._device_key):
+            if not _REPLAY_CHECKED.get(self._check_key):
                 self._check_replay(captured, x, y)  # takes this batch's step
                 return
         graph, static_x, static_y = self._graphs[key]
@@ -197,10 +214,10 @@ class FitStep:
         return graph, static_x, static_y
 
     def _check_replay(self, captured, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The first capture in a process: one eager step and one replay from the same
-        state on this batch must agree. If they do, the replay's step stands; if not, the
-        eager step's does, the graphs are dropped and every later step of the process is
-        eager (logged)."""
+        """The first capture of this kind of step in a process: one eager step and one
+        replay from the same state on this batch must agree. If they do, the replay's step
+        stands; if not, the eager step's does, the graphs are dropped and every later step
+        of this kind in the process is eager (logged)."""
         saved = self._snapshot()
         self._eager(x, y)
         eager = self._snapshot()
@@ -213,11 +230,12 @@ class FitStep:
                      for g, e in zip(self._snapshot(), eager, strict=True)
                      if g.is_floating_point() and g.numel()), default=0.0)
         if worst <= 1e-3:
-            _REPLAY_CHECKED[self._device_key] = True
+            _REPLAY_CHECKED[self._check_key] = True
             return
-        log.warning("a CUDA-graph replay of the training step differs from the eager step "
-                    "(relative %.2g); training runs eagerly in this process", worst)
-        _REPLAY_CHECKED[self._device_key] = False
+        log.warning("a CUDA-graph replay of the training step %s differs from the eager "
+                    "step (relative %.2g); it runs eagerly in this process",
+                    self._check_key[1], worst)
+        _REPLAY_CHECKED[self._check_key] = False
         self._restore(eager)
         self._graphs.clear()
         self.graph = False

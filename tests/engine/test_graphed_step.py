@@ -141,6 +141,17 @@ def test_a_replay_that_differs_from_the_eager_step_is_dropped(factor, stands, mo
     replay.calls = 0
     later.step(x, y)
     assert replay.calls == (1 if stands else 0)
+    # another kind of step keeps its graphs: each kind is checked on its own
+    def other_loss(mm, a, b):
+        return F.cross_entropy(mm(a), b, label_smoothing=0.1)
+
+    other = FitStep(model, checked.opt, other_loss, CPU, graph=True)
+    assert graphed_step.replays_trusted(CPU, graphed_step.step_kind(None, other_loss)) is None
+    other._graphs[(tuple(x.shape), x.dtype, tuple(y.shape))] = (
+        replay, replay.static_x, replay.static_y)
+    replay.calls = 0
+    other.step(x, y)
+    assert replay.calls == 1
 
 
 def test_predict_never_switches_the_models_mode():
