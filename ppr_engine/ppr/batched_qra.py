@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,15 @@ from ..models import frozen_copy
 from ..spec import QRASpec
 from ..train import Progress, autocast, eval_batches, no_progress
 from .batched import groups, sgd_update, stacked_state
-from .qra import PerturbationGenerator, kl_batchmean, perturbed, train_qra
+from .qra import (
+    PerturbationGenerator,
+    guide_answers,
+    initial_generator,
+    kl_batchmean,
+    perturbed,
+    positioned,
+    train_qra,
+)
 
 
 def train_qra_together(purified: Sequence[nn.Module], retuned: Sequence[nn.Module],
@@ -40,8 +47,7 @@ def train_qra_together(purified: Sequence[nn.Module], retuned: Sequence[nn.Modul
     """`train_qra(purified[i], retuned[i], reference, ...)` for every i, as each gives alone:
     the purified models of one structure as one vmapped training, any other alone."""
     out: list[PerturbationGenerator | None] = [None] * len(purified)
-    frozen = [frozen_copy(m, train_mode=False) for m in purified]
-    parts = groups(frozen)
+    parts = groups(purified)
     for done, idx in enumerate(parts):
         def part(msg: str, frac: float, done=done) -> None:
             progress(msg, (done + frac) / len(parts))
@@ -51,7 +57,7 @@ def train_qra_together(purified: Sequence[nn.Module], retuned: Sequence[nn.Modul
             out[i] = train_qra(purified[i], retuned[i], reference, data, spec, device=device,
                                seed=seed, progress=part)
             continue
-        trained = _train_stacked([frozen[i] for i in idx], [retuned[i] for i in idx],
+        trained = _train_stacked([purified[i] for i in idx], [retuned[i] for i in idx],
                                  reference, data, spec, device=device, seed=seed, progress=part)
         for i, gen in zip(idx, trained, strict=True):
             out[i] = gen
@@ -62,22 +68,17 @@ def _train_stacked(purified: Sequence[nn.Module], retuned: Sequence[nn.Module],
                    reference: nn.Module, data: ImageSet, spec: QRASpec, *,
                    device: torch.device, seed: int, progress: Progress
                    ) -> list[PerturbationGenerator]:
-    """`train_qra`'s training for frozen purified models of one structure, one vmapped
-    step per batch: the same initial generator, batches, loss and SGD update for each."""
-    torch.manual_seed(seed)
-    start = PerturbationGenerator(tuple(data.x.shape[1:]), spec.hidden,
-                                  spec.eps / 255).to(device)
-    gens = [start] * len(purified)
-    gen_params, _ = stacked_state(gens)
-    pur_base = purified[0]
-    pur_params, pur_buffers = stacked_state(purified)
+    """`train_qra`'s training for purified models of one structure, one vmapped step per
+    batch: the same initial generator, batches, loss and SGD update for each, against the
+    same frozen eval-mode copies."""
+    start = initial_generator(data, spec, device, seed)
+    gen_params, _ = stacked_state([start] * len(purified))
+    frozen = [frozen_copy(m, train_mode=False) for m in purified]
+    pur_base = frozen[0]
+    pur_params, pur_buffers = stacked_state(frozen)
     reference = frozen_copy(reference, train_mode=False)
-    data = replace(data, index=torch.arange(len(data), device=data.x.device))
-    with torch.no_grad(), autocast(device):
-        answers = torch.stack([torch.cat([
-            F.softmax(guide(x).float(), 1) for x, _ in DeviceLoader(
-                data, spec.batch_size, shuffle=False, device=device)])
-            for guide in (frozen_copy(m, train_mode=False) for m in retuned)])
+    data = positioned(data)
+    answers = torch.stack([guide_answers(m, data, spec, device) for m in retuned])
 
     def member_loss(gp, pp, pb, p_ra, x, y):
         xp = functional_call(start, gp, (x,))

@@ -79,23 +79,44 @@ def qra_training_set(pool: ImageSet, trigger: Trigger, spec: QRASpec, seed: int)
     return ImageSet.concat(clean, poisoned)
 
 
+def initial_generator(data: ImageSet, spec: QRASpec, device: torch.device, seed: int
+                      ) -> PerturbationGenerator:
+    """The generator every QRA of `seed` starts from (seeds the global stream, as QRA
+    always has)."""
+    torch.manual_seed(seed)
+    return PerturbationGenerator(tuple(data.x.shape[1:]), spec.hidden,
+                                 spec.eps / 255).to(device)
+
+
+def positioned(data: ImageSet) -> ImageSet:
+    """`data` with each image's index its position: the loader then hands the positions
+    under which `guide_answers` are looked up."""
+    return replace(data, index=torch.arange(len(data), device=data.x.device))
+
+
+@torch.no_grad()
+def guide_answers(retuned: nn.Module, data: ImageSet, spec: QRASpec, device: torch.device
+                  ) -> torch.Tensor:
+    """The retuned model's softmax on every image of `data`, in order. They depend on the
+    image alone (eval mode, no augmentation), so they are computed once, not once per
+    epoch, by a frozen eval-mode copy."""
+    guide = frozen_copy(retuned, train_mode=False)
+    with autocast(device):
+        return torch.cat([F.softmax(guide(x).float(), 1) for x, _ in DeviceLoader(
+            data, spec.batch_size, shuffle=False, device=device)])
+
+
 def train_qra(purified: nn.Module, retuned: nn.Module, reference: nn.Module, data: ImageSet,
               spec: QRASpec, *, device: torch.device, seed: int,
               progress: Progress = no_progress) -> PerturbationGenerator:
     """Learn the perturbation generator against `purified`, guided by `retuned`."""
-    torch.manual_seed(seed)
-    gen = PerturbationGenerator(tuple(data.x.shape[1:]), spec.hidden, spec.eps / 255).to(device)
+    gen = initial_generator(data, spec, device, seed)
     opt = torch.optim.SGD(gen.parameters(), lr=spec.lr, momentum=spec.momentum)
     # frozen eval-mode copies: the gradient reaches the generator only, and the models the
     # caller shares with other stages (the baseline, a purified model) are never touched
-    purified, retuned, reference = (frozen_copy(m, train_mode=False)
-                                    for m in (purified, retuned, reference))
-    # the retuned model's answers depend on the image alone (eval mode, no augmentation):
-    # computed once, not once per epoch, and looked up by position
-    data = replace(data, index=torch.arange(len(data), device=data.x.device))
-    with torch.no_grad(), autocast(device):
-        answers = torch.cat([F.softmax(retuned(x).float(), 1) for x, _ in DeviceLoader(
-            data, spec.batch_size, shuffle=False, device=device)])
+    purified, reference = (frozen_copy(m, train_mode=False) for m in (purified, reference))
+    data = positioned(data)
+    answers = guide_answers(retuned, data, spec, device)
     loader = DeviceLoader(data, spec.batch_size, shuffle=True, device=device, seed=seed)
     for epoch in range(spec.epochs):
         for x, y, at in loader.indexed():

@@ -10,7 +10,7 @@ from ...ppr import qra as qra_attack
 from ...report import QRAResult
 from ..stage import Stage, StageId, StageResult
 from .base import Filling, Planner, StageKind, baseline_model, require_backdoor, subject_model
-from .qra_batch import batched
+from .qra_batch import batched, guide_id
 
 
 class QRA(StageKind):
@@ -32,8 +32,8 @@ class QRA(StageKind):
             return []
         label = p.labels[trigger]
         base = (StageId("evaluate"),) if subject == "model" else (StageId("purify", subject),)
-        guide = StageId("retune", subject, label, p.budgets[0].key)
-        needs = base + (guide, StageId("baseline")) + ((batch,) if batch else ())
+        needs = (base + (guide_id(p, subject, label), StageId("baseline"))
+                 + ((batch,) if batch else ()))
         return [Stage(StageId("qra", subject, label), needs=needs, trigger=trigger,
                       cost=qra_work(p.spec, p.sizes, training=batch is None))]
 

@@ -18,7 +18,7 @@ from ...ppr.batched_qra import train_qra_together
 from ...ppr.qra import qra_training_set
 from ..stage import Stage, StageId, StageResult
 from .base import Planner, StageKind, baseline_model, require_backdoor, subject_model_of
-from .retune_batch import source, sources
+from .retune_batch import attacked, source, sources
 
 
 def batched(spec) -> bool:
@@ -27,15 +27,10 @@ def batched(spec) -> bool:
     return q.enabled and rs.enabled and bool(spec.triggers) and q.batched_on(spec.device)
 
 
-def subjects(spec) -> list[str]:
-    """The models QRA attacks, in plan order: each method's, or the submitted model."""
-    return [m.key for m in spec.plan.methods] or ["model"]
-
-
 def batch_id(spec, label: str) -> StageId:
     """`qra-batch:<subjects joined by +>:<trigger>` (the subjects in the id keep the
     attempts of a purification until robust apart, as `retune-batch` does)."""
-    return StageId("qra-batch", "+".join(subjects(spec)), label)
+    return StageId("qra-batch", "+".join(attacked(spec)), label)
 
 
 def guide_id(p: Planner, subject: str, label: str) -> StageId:
@@ -54,7 +49,7 @@ class QRABatch(StageKind):
 
         if not self.enabled(p.spec) or not p.budgets:
             return []
-        who = subjects(p.spec)
+        who = attacked(p.spec)
         out = [Stage(batch_id(p.spec, label), needs=(StageId("evaluate"), StageId("baseline")),
                      after=sources(who) + tuple(guide_id(p, s, label) for s in who), trigger=i,
                      cost=len(who) * qra_work(p.spec, p.sizes, numbers=False))
@@ -71,7 +66,7 @@ class QRABatch(StageKind):
         i = stage.trigger
         assert i is not None
         guides = {sid.method: sid for sid in stage.after if sid.kind == "retune"}
-        present = [s for s in subjects(inputs.spec)
+        present = [s for s in attacked(inputs.spec)
                    if ((sid := source(s)) is None or results.ok(sid)) and results.ok(guides[s])]
         if not present:
             return StageResult({"subjects": {}})

@@ -23,11 +23,15 @@ def batched(spec) -> bool:
     return rs.enabled and bool(spec.triggers) and rs.batched_on(spec.device)
 
 
+def attacked(spec) -> list[str]:
+    """The models RA and QRA attack, in plan order: each method's, or the submitted model
+    without methods."""
+    return [m.key for m in spec.plan.methods] or ["model"]
+
+
 def subjects(spec) -> list[str]:
-    """The models RA attacks, in plan order: each method's, or the submitted model without
-    methods, then the baseline."""
-    out = [m.key for m in spec.plan.methods] or ["model"]
-    return out + (["baseline"] if spec.plan.retune.baseline else [])
+    """The models RA retunes: those attacked, then the baseline."""
+    return attacked(spec) + (["baseline"] if spec.plan.retune.baseline else [])
 
 
 def source(subject: str) -> StageId | None:
